@@ -1,0 +1,39 @@
+rule train:
+    input:
+        h5=prepared_h5,
+    output:
+        model="models/{run}/model.pt",
+        history="models/{run}/history.csv",
+        grads="models/{run}/grad_histograms.json",
+        summary="models/{run}/train.json",
+    params:
+        out="models/{run}",
+    log:
+        "logs/train/{run}.log",
+    resources:
+        gpu=GPUS_PER_TRAINING,
+    conda:
+        ENV
+    shell:
+        "flexheads train {wildcards.run} --data {input.h5} --out {params.out} > {log} 2>&1"
+
+
+rule evaluate:
+    input:
+        h5=prepared_h5,
+        stats=prepared_stats,
+        model="models/{run}/model.pt",
+        summary="models/{run}/train.json",
+    output:
+        metrics="metrics/{run}.json",
+        per_action="metrics/{run}.per_action.csv",
+        per_joint="metrics/{run}.per_joint.csv",
+    params:
+        model_dir="models/{run}",
+    log:
+        "logs/evaluate/{run}.log",
+    conda:
+        ENV
+    shell:
+        "flexheads evaluate {wildcards.run} --data {input.h5} --stats {input.stats} --model {params.model_dir}"
+        " --out {output.metrics} > {log} 2>&1"

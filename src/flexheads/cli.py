@@ -1,0 +1,165 @@
+"""``flexheads``: the command line over the library; Snakemake rules and DVC stages call these commands.
+
+Every path is an option, so the orchestrators name inputs and outputs in one place.  A user's mistake
+(bad params.yaml, missing or malformed data) ends with a one-paragraph message and exit code 2, not a
+traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import typer
+
+from flexheads.config import ParamsError, load_params
+
+app = typer.Typer(help="flexheads: data → prepare → train → evaluate → report for the flexible-heads study.", no_args_is_help=True, add_completion=False)
+
+ParamsOption = typer.Option(Path("params.yaml"), "--params", "-p", help="The params.yaml to read.")
+DeviceOption = typer.Option("auto", help="auto (CUDA when present), cpu or cuda.")
+
+
+def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Report a user's mistake (params, missing/malformed data files) as a clear message and exit code 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from flexheads.data.h36m import H36MFormatError
+
+        try:
+            return command(*args, **kwargs)
+        except (ParamsError, H36MFormatError, FileNotFoundError) as err:
+            typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+@app.command()
+@user_errors
+def runs(params: Path = ParamsOption) -> None:
+    """List the runs of the experiment matrix (task-attention-regime), one per line."""
+    for run in load_params(params).runs():
+        typer.echo(run.name)
+
+
+@app.command()
+@user_errors
+def download(
+    task: str = typer.Argument(..., help="Task whose dataset to fetch or generate, e.g. pose3d."),
+    params: Path = ParamsOption,
+    out: Path = typer.Option(..., help="Folder for the raw files, e.g. data/raw/pose3d."),
+) -> None:
+    """Fetch (real data, checksummed) or generate (synthetic default) a task's raw dataset."""
+    from flexheads.stages import task_data, task_module
+
+    p = load_params(params)
+    files = task_module(task).download(task_data(p, task), out)
+    for kind, path in files.items():
+        typer.echo(f"{kind}: {path}")
+
+
+@app.command()
+@user_errors
+def prepare(
+    task: str = typer.Argument(..., help="Task to prepare, e.g. pose3d."),
+    params: Path = ParamsOption,
+    raw: Path = typer.Option(..., help="Folder written by `flexheads download`."),
+    out: Path = typer.Option(..., help="Prepared HDF5 file, e.g. data/prepared/pose3d.h5."),
+    stats: Path = typer.Option(..., help="JSON sidecar of statistics, e.g. data/prepared/pose3d.stats.json."),
+) -> None:
+    """Normalise a raw dataset into one HDF5 file with train/test splits and a statistics sidecar."""
+    from flexheads.stages import task_data, task_module
+
+    summary = task_module(task).prepare(task_data(load_params(params), task), raw, out, stats)
+    for split, info in summary["splits"].items():
+        typer.echo(f"{split}: {info['rows']} rows")
+
+
+@app.command()
+@user_errors
+def train(
+    run: str = typer.Argument(..., help="Run name <task>-<attention>-<regime> (see `flexheads runs`)."),
+    params: Path = ParamsOption,
+    data: Path = typer.Option(..., help="Prepared HDF5 file of the run's task."),
+    out: Path = typer.Option(..., help="Run folder, e.g. models/<run>."),
+    device: str = DeviceOption,
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+) -> None:
+    """Train one run (resuming from its checkpoint if interrupted); logs to MLflow."""
+    from flexheads.stages import train_run
+
+    summary = train_run(load_params(params), run, data, out, device=device, progress=progress)
+    typer.echo(f"{run}: final loss {summary['final_loss']:.4f} after {summary['steps']} steps "
+               f"in {summary['wall_time_s']:.1f} s ({summary['n_params']} parameters)")
+
+
+@app.command()
+@user_errors
+def evaluate(
+    run: str = typer.Argument(..., help="Run name <task>-<attention>-<regime>."),
+    params: Path = ParamsOption,
+    data: Path = typer.Option(..., help="Prepared HDF5 file of the run's task."),
+    stats: Path = typer.Option(..., help="Statistics sidecar written by prepare."),
+    model: Path = typer.Option(..., help="Run folder written by train."),
+    out: Path = typer.Option(..., help="Metrics JSON, e.g. metrics/<run>.json; tables go beside it."),
+    device: str = DeviceOption,
+) -> None:
+    """Evaluate a trained run on the test split: metrics JSON + per-action/per-joint tables."""
+    from flexheads.stages import evaluate_run
+
+    metrics = evaluate_run(load_params(params), run, data, stats, model, out, device=device)
+    typer.echo(f"{run}: {metrics['main_metric']} = {metrics[metrics['main_metric']]}")
+
+
+@app.command()
+@user_errors
+def report(
+    params: Path = ParamsOption,
+    metrics_dir: Path = typer.Option(Path("metrics"), help="Folder of evaluate outputs."),
+    models_dir: Path = typer.Option(Path("models"), help="Folder of train outputs."),
+    out: Path = typer.Option(Path("reports"), help="Report folder (tables/ and figures/ inside)."),
+) -> None:
+    """Build the comparison tables from the metrics of every run in the matrix."""
+    from flexheads.report.tables import write_tables
+
+    for path in write_tables(load_params(params), metrics_dir, models_dir, out):
+        typer.echo(str(path))
+
+
+@app.command("tracking-init")
+@user_errors
+def tracking_init(params: Path = ParamsOption) -> None:
+    """Create the MLflow store and one experiment per task before parallel jobs start."""
+    from flexheads.tracking import ensure_experiments, tracking_uri
+
+    p = load_params(params)
+    if not p.tracking.enabled:
+        typer.echo("tracking disabled in params.yaml (tracking.enabled: false)")
+        return
+    uri = tracking_uri(p.tracking.uri)
+    ids = ensure_experiments(uri, [*p.experiment.tasks, "report"])
+    typer.echo(f"{uri}: " + ", ".join(f"{name}={i}" for name, i in ids.items()))
+
+
+@app.command()
+@user_errors
+def ui(
+    params: Path = ParamsOption,
+    host: str = typer.Option("127.0.0.1", help="Interface to bind; 0.0.0.0 exposes the UI to your network."),
+    port: int = typer.Option(5000, help="Port of the MLflow UI."),
+) -> None:
+    """Open the MLflow UI on the project's tracking store (http://127.0.0.1:5000 by default)."""
+    from flexheads.tracking import tracking_uri
+
+    uri = tracking_uri(load_params(params).tracking.uri)
+    typer.echo(f"MLflow UI for {uri} at http://{host}:{port}")
+    sys.exit(subprocess.call(["mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]))
+
+
+if __name__ == "__main__":
+    app()

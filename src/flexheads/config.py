@@ -1,0 +1,300 @@
+"""The ``params.yaml`` schema: one validated model of the whole file, and the experiment matrix.
+
+Every stage reads its settings from here, so a typo in params.yaml fails once, up front, with the key
+path and the allowed values (``ParamsError``), never deep inside torch.  ``Params.runs()`` is the one
+definition of the matrix ``tasks × attention × regimes`` that the CLI, Snakemake and DVC all share;
+``Run.name`` is ``<task>-<attention>-<regime>``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+TASKS = ("pose3d",)
+ATTENTIONS = ("standard", "flexible")
+REGIMES = ("noam", "linear_untuned", "exponential_untuned", "radam", "tfixup", "preln")
+
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+Probability = Annotated[float, Field(ge=0.0, lt=1.0)]
+
+
+class ParamsError(ValueError):
+    """params.yaml is missing, unreadable or does not match the schema; the message names the key path."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Regime(_Section):
+    """A named training recipe: where LayerNorm sits, how weights start, the optimiser and the lr schedule.
+
+    ``lr`` is the base learning rate the schedule multiplies; for ``schedule: noam`` the schedule is the
+    rate itself (eq. 3.28) and ``lr`` is its scale factor (1.0 in Vaswani et al.).
+    """
+
+    norm: Literal["post", "pre", "none"]
+    init: Literal["xavier", "tfixup"] = "xavier"
+    optimizer: Literal["adam", "radam"] = "adam"
+    schedule: Literal["constant", "noam", "linear", "exponential", "untuned_linear", "untuned_exponential"]
+    lr: Annotated[float, Field(gt=0.0)]
+    warmup: NonNegativeInt = 0  # steps; tau of linear/exponential warmup, or Noam's warmup
+    betas: tuple[Probability, Probability] = (0.9, 0.999)
+    weight_decay: Annotated[float, Field(ge=0.0)] = 0.0
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Regime:
+        if self.schedule in ("noam", "linear", "exponential") and self.warmup == 0:
+            raise ValueError(f"schedule '{self.schedule}' needs warmup > 0 (steps)")
+        if self.init == "tfixup" and self.norm != "none":
+            raise ValueError("init 'tfixup' is for LayerNorm-free models: set norm: none")
+        return self
+
+
+class ModelSettings(_Section):
+    """Transformer size for one task; ``d_head_flexible`` is the head width of the *flexible* variant."""
+
+    d_model: PositiveInt = 128
+    n_heads: PositiveInt = 8
+    d_head_flexible: PositiveInt = 32  # standard heads are d_model // n_heads wide
+    n_layers: PositiveInt = 3
+    d_ff: PositiveInt = 256
+    dropout: Probability = 0.1
+    activation: Literal["relu", "gelu"] = "gelu"
+
+    @model_validator(mode="after")
+    def _standard_heads_fit(self) -> ModelSettings:
+        if self.d_model % self.n_heads:
+            raise ValueError(
+                f"n_heads ({self.n_heads}) must divide d_model ({self.d_model}) for standard heads "
+                f"(d_head = d_model / n_heads)"
+            )
+        return self
+
+    def d_head(self, attention: str) -> int | None:
+        """Head width passed to ``MultiHeadAttention``: None (standard) or ``d_head_flexible``."""
+        return self.d_head_flexible if attention == "flexible" else None
+
+
+class TrainSettings(_Section):
+    """Optimisation loop settings for one task (counts are optimiser steps)."""
+
+    steps: PositiveInt = 1500
+    batch_size: PositiveInt = 256
+    grad_clip: Annotated[float, Field(ge=0.0)] = 1.0  # max global grad norm; 0 disables clipping
+    checkpoint_every: PositiveInt = 500
+    log_every: PositiveInt = 25  # metrics are buffered and sent to MLflow in one batch per interval
+    grad_snapshot_steps: tuple[PositiveInt, ...] = (1, 2, 5, 10, 20, 50, 100)  # gradient histograms, fig. 3.16
+    eval_batch_size: PositiveInt = 2048
+
+
+class Pose3DModel(ModelSettings):
+    window: PositiveInt = 1  # frames of 2D input per sample (odd, centred; 1 = single-frame lifting)
+
+    @field_validator("window")
+    @classmethod
+    def _odd_window(cls, window: int) -> int:
+        if window % 2 == 0:
+            raise ValueError(f"window must be odd so the target frame is centred (got {window})")
+        return window
+
+
+class Pose3DTrain(TrainSettings):
+    stride: PositiveInt = 1  # train on every stride-th frame (Human3.6M runs at 50 fps)
+
+
+class Models(_Section):
+    pose3d: Pose3DModel = Pose3DModel()
+
+
+class Trainings(_Section):
+    pose3d: Pose3DTrain = Pose3DTrain()
+
+
+class SyntheticPose3D(_Section):
+    """Size and noise of the synthetic Human3.6M written by the pose3d ``download`` stage."""
+
+    sequences_per_action: PositiveInt = 1
+    frames_per_sequence: PositiveInt = 200
+    noise_px: Annotated[float, Field(ge=0.0)] = 0.0
+    outlier_rate: Probability = 0.0
+    seed: NonNegativeInt = 0
+
+
+class Pose3DData(_Section):
+    """Where pose3d data comes from and how it is sampled."""
+
+    source: Literal["synthetic", "h36m"] = "synthetic"
+    h36m_dir: str = "data/external/h36m"  # user-supplied VideoPose3D npz files (source: h36m)
+    keypoints: str = "gt"  # 2D file data_2d_h36m_<keypoints>.npz: gt, cpn_ft_h36m_dbb, synthetic_det
+    synthetic: SyntheticPose3D = SyntheticPose3D()
+
+
+class DataSettings(_Section):
+    pose3d: Pose3DData = Pose3DData()
+
+
+class Experiment(_Section):
+    """The matrix: one train/evaluate run per task × attention × regime."""
+
+    tasks: tuple[Literal[TASKS], ...] = TASKS  # type: ignore[valid-type]
+    attention: tuple[Literal[ATTENTIONS], ...] = ATTENTIONS  # type: ignore[valid-type]
+    regimes: tuple[str, ...] = REGIMES
+
+    @field_validator("tasks", "attention", "regimes")
+    @classmethod
+    def _non_empty_unique(cls, values: tuple[str, ...]) -> tuple[str, ...]:
+        if not values:
+            raise ValueError("must list at least one value")
+        if len(set(values)) != len(values):
+            raise ValueError(f"lists a value twice: {list(values)}")
+        return values
+
+
+class Tracking(_Section):
+    """MLflow settings. ``uri: null`` is the embedded local store; ``MLFLOW_TRACKING_URI`` overrides."""
+
+    uri: str | None = None
+    enabled: bool = True
+
+
+class Params(_Section):
+    """The whole params.yaml."""
+
+    seed: NonNegativeInt = 0
+    experiment: Experiment = Experiment()
+    regimes: dict[str, Regime]
+    model: Models = Models()
+    train: Trainings = Trainings()
+    data: DataSettings = DataSettings()
+    tracking: Tracking = Tracking()
+
+    @model_validator(mode="after")
+    def _matrix_is_defined(self) -> Params:
+        unknown = [r for r in self.experiment.regimes if r not in self.regimes]
+        if unknown:
+            raise ValueError(
+                f"experiment.regimes: unknown regime {unknown}; defined under 'regimes:' are {sorted(self.regimes)}"
+            )
+        return self
+
+    def runs(self) -> list[Run]:
+        """The experiment matrix in a stable order (task, attention, regime)."""
+        e = self.experiment
+        return [Run(*cell) for cell in itertools.product(e.tasks, e.attention, e.regimes)]
+
+    def run(self, name: str) -> Run:
+        """The run called ``name``; ParamsError listing the valid names otherwise."""
+        for run in self.runs():
+            if run.name == name:
+                return run
+        raise ParamsError(f"no run named '{name}' in the experiment matrix; runs are: {[r.name for r in self.runs()]}")
+
+    def run_config(self, run: Run) -> RunConfig:
+        return RunConfig(
+            run=run,
+            seed=self.seed,
+            regime=self.regimes[run.regime],
+            model=getattr(self.model, run.task),
+            train=getattr(self.train, run.task),
+        )
+
+
+@dataclass(frozen=True)
+class Run:
+    """One cell of the experiment matrix."""
+
+    task: str
+    attention: str
+    regime: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.task}-{self.attention}-{self.regime}"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything one training run depends on; saved in its checkpoint and logged as MLflow params."""
+
+    run: Run
+    seed: int
+    regime: Regime
+    model: ModelSettings
+    train: TrainSettings
+
+    @property
+    def d_head(self) -> int | None:
+        return self.model.d_head(self.run.attention)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "task": self.run.task,
+            "attention": self.run.attention,
+            "regime_name": self.run.regime,
+            "seed": self.seed,
+            "regime": self.regime.model_dump(mode="json"),
+            "model": self.model.model_dump(mode="json"),
+            "train": self.train.model_dump(mode="json"),
+        }
+
+    def flat(self) -> dict[str, Any]:
+        """``{"model.d_model": 128, ...}``: the dict flattened with dotted keys (MLflow params)."""
+        return _flatten(self.to_dict())
+
+    def hash(self) -> str:
+        """Short stable hash of the config (MLflow tag ``params_hash``)."""
+        return params_hash(self.to_dict())
+
+
+def params_hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate params.yaml; ParamsError names the file, the key path and what was expected."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: file not found") from None
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping of sections at the top level, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        raise ParamsError(f"{path}: invalid params:\n" + _describe(err)) from None
+
+
+def _describe(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling against params.yaml's documented keys)"
+        shown = e["type"] not in ("missing", "extra_forbidden") and not isinstance(e["input"], dict)
+        got = f" (got {e['input']!r})" if shown else ""
+        lines.append(f"  {key}: {msg}{got}")
+    return "\n".join(lines)

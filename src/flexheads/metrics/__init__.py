@@ -1,0 +1,1 @@
+"""Evaluation metrics as pure numpy functions; each docstring states formula, axes and units."""

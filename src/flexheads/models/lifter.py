@@ -1,0 +1,62 @@
+"""The thesis's 3D pose lifter: 17 joints as tokens, a transformer encoder, a per-joint 3D head.
+
+Each joint token embeds that joint's 2D track over a window of ``W`` frames (``W * 2`` numbers), adds a
+learned joint-identity embedding, passes the configured encoder (standard or flexible heads, Post-LN,
+Pre-LN or no LayerNorm) and regresses the joint's root-relative 3D position in metres.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor, nn
+
+from flexheads.nn import LearnedPositionalEncoding, TransformerEncoder, t_fixup_, xavier_
+
+
+@dataclass(frozen=True)
+class LifterConfig:
+    n_joints: int = 17
+    window: int = 1  # frames of 2D input per token (odd, centred on the target frame)
+    d_model: int = 128
+    n_heads: int = 8
+    d_head: int | None = None  # None: standard heads, d_model // n_heads wide
+    n_layers: int = 3
+    d_ff: int = 256
+    dropout: float = 0.1
+    activation: str = "gelu"
+    norm: str = "post"  # post | pre | none
+    init: str = "xavier"  # xavier | tfixup
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class PoseLifter(nn.Module):
+    def __init__(self, config: LifterConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed = nn.Linear(config.window * 2, config.d_model)  # named `embed`: T-Fixup scales it
+        self.joint_embed = LearnedPositionalEncoding(config.n_joints, config.d_model)
+        self.encoder = TransformerEncoder(
+            config.n_layers, config.d_model, config.n_heads, d_head=config.d_head, d_ff=config.d_ff,
+            dropout=config.dropout, activation=config.activation, norm=config.norm,
+        )
+        self.head = nn.Linear(config.d_model, 3)
+        if config.init == "tfixup":
+            t_fixup_(self, n_encoder_layers=config.n_layers)
+        else:
+            xavier_(self)
+
+    def forward(self, keypoints_2d: Tensor, need_weights: bool = False) -> tuple[Tensor, list[Tensor] | None]:
+        """``(B, W, J, 2)`` normalised 2D tracks → ``(B, J, 3)`` root-relative 3D (metres), attention maps."""
+        tokens = keypoints_2d.permute(0, 2, 1, 3).flatten(2)  # (B, J, W*2)
+        x = self.joint_embed(self.embed(tokens))  # (B, J, d_model)
+        x, weights = self.encoder(x, need_weights=need_weights)
+        return self.head(x), weights  # (B, J, 3)
+
+
+def mpjpe_loss(pred: Tensor, target: Tensor) -> Tensor:
+    """Training loss: mean Euclidean joint error, ``mean ||pred - target||_2`` (metres)."""
+    return torch.linalg.vector_norm(pred - target, dim=-1).mean()

@@ -1,0 +1,136 @@
+"""Stage workers shared by every task: train one run, evaluate one run.
+
+Each takes its input and output paths as arguments (the CLI fills them in from Snakemake or DVC) and
+writes every output atomically.  Outputs of ``train_run`` under ``models/<run>/``:
+
+* ``model.pt``: weights + model config + run config (load with ``weights_only=True``);
+* ``train.json``: MLflow run id, parameter count, wall time, final loss, params hash, git commit;
+* ``history.csv``: per-step loss, lr, grad norm (training curves);
+* ``grad_histograms.json``: log10|grad| histograms at the snapshot steps (figure 3.16).
+
+``checkpoint.pt`` lives there while a run is in progress and is removed once ``model.pt`` is written.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pandas as pd
+import torch
+
+from flexheads.config import Params, RunConfig
+from flexheads.io import atomic_path, write_json
+from flexheads.train import CHECKPOINT, GRAD_BINS, fit, pick_device, seed_everything
+
+TASK_MODULES = {"pose3d": "flexheads.tasks.pose3d"}
+RUN_ID_FILE = "mlflow_run_id"
+
+
+def task_module(task: str) -> ModuleType:
+    return importlib.import_module(TASK_MODULES[task])
+
+
+def task_data(params: Params, task: str) -> Any:
+    return getattr(params.data, task)
+
+
+def train_run(params: Params, run_name: str, data_h5: Path, out_dir: Path, device: str = "auto",
+              progress: bool = True) -> dict[str, Any]:
+    """Train one matrix cell and write its ``models/<run>/`` outputs; returns the ``train.json`` summary."""
+    run = params.run(run_name)
+    config = params.run_config(run)
+    task = task_module(run.task)
+    seed_everything(config.seed)
+    model = task.build_model(config)
+    batch_at, loss_fn = task.training_batches(data_h5, config)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tracker = _tracker(params, config, out_dir)
+    n_params = sum(p.numel() for p in model.parameters())
+
+    try:
+        result = fit(model, loss_fn, batch_at, config, out_dir, device=pick_device(device),
+                     log=tracker.log_rows if tracker else None, progress=progress)
+    except BaseException:
+        if tracker:
+            tracker.finish("FAILED")
+        raise
+
+    with atomic_path(out_dir / "model.pt") as tmp:
+        torch.save({"model": {k: v.cpu() for k, v in model.state_dict().items()},
+                    "model_config": model.config.to_dict(), "run_config": config.to_dict()}, tmp)
+    with atomic_path(out_dir / "history.csv") as tmp:
+        pd.DataFrame(result.history).to_csv(tmp, index=False)
+    write_json(out_dir / "grad_histograms.json", {
+        "bin_edges_log10": GRAD_BINS.tolist(),
+        "counts": {str(step): counts for step, counts in sorted(result.grad_histograms.items())},
+    })
+    summary = {
+        "run": run.name, "task": run.task, "attention": run.attention, "regime": run.regime,
+        "mlflow_run_id": tracker.run_id if tracker else None,
+        "n_params": n_params, "steps": result.steps, "final_loss": result.final_loss,
+        "wall_time_s": round(result.wall_time_s, 3), "device": str(pick_device(device)),
+        "params_hash": config.hash(),
+    }
+    write_json(out_dir / "train.json", summary)
+    if tracker:
+        tracker.log_metrics({"n_params": n_params, "train_wall_time_s": result.wall_time_s}, step=result.steps)
+        tracker.finish()
+    (out_dir / CHECKPOINT).unlink(missing_ok=True)
+    (out_dir / RUN_ID_FILE).unlink(missing_ok=True)
+    return summary
+
+
+def evaluate_run(params: Params, run_name: str, data_h5: Path, stats_json: Path, model_dir: Path, out_json: Path,
+                 device: str = "auto") -> dict[str, Any]:
+    """Evaluate a trained run on the test split: ``out_json`` (DVC metrics) + ``<out>.<table>.csv`` tables."""
+    run = params.run(run_name)
+    task = task_module(run.task)
+    model = task.load_model(model_dir / "model.pt")
+    trained = json.loads((model_dir / "train.json").read_text())
+    headline, tables = task.evaluate(model, data_h5, json.loads(stats_json.read_text()),
+                                     getattr(params.train, run.task).eval_batch_size, pick_device(device))
+    metrics = {"run": run.name, "task": run.task, "attention": run.attention, "regime": run.regime,
+               "main_metric": task.MAIN_METRIC, **{k: _rounded(v) for k, v in headline.items()}}
+    table_paths = []
+    for name, table in tables.items():
+        path = out_json.with_name(f"{out_json.stem}.{name}.csv")
+        with atomic_path(path) as tmp:
+            table.to_csv(tmp, index=False, float_format="%.4f")
+        table_paths.append(path)
+    write_json(out_json, metrics)
+
+    if params.tracking.enabled and trained.get("mlflow_run_id"):
+        from flexheads.tracking import Tracker, tracking_uri
+
+        tracker = Tracker.resume(tracking_uri(params.tracking.uri), trained["mlflow_run_id"])
+        tracker.log_metrics({f"test_{k}": v for k, v in headline.items()}, step=trained["steps"])
+        for path in [out_json, *table_paths]:
+            tracker.log_artifact(path, "evaluation")
+    return metrics
+
+
+def _rounded(value: Any) -> Any:
+    return round(value, 4) if isinstance(value, float) else value
+
+
+def _tracker(params: Params, config: RunConfig, out_dir: Path) -> Any:
+    """An MLflow tracker for this run (resumed with the checkpoint), or None with tracking disabled."""
+    if not params.tracking.enabled:
+        return None
+    from flexheads.tracking import Tracker, git_commit, tracking_uri
+
+    uri = tracking_uri(params.tracking.uri)
+    run_id_file = out_dir / RUN_ID_FILE
+    if (out_dir / CHECKPOINT).exists() and run_id_file.exists():
+        return Tracker.resume(uri, run_id_file.read_text().strip())
+    run = config.run
+    tags = {"task": run.task, "attention": run.attention, "regime": run.regime, "git_commit": git_commit(),
+            "params_hash": config.hash()}
+    tracker = Tracker.start(uri, experiment=run.task, run_name=run.name, tags=tags, params=config.flat())
+    with atomic_path(run_id_file) as tmp:
+        tmp.write_text(tracker.run_id)
+    return tracker

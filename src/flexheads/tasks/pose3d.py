@@ -1,0 +1,297 @@
+"""The pose3d task: Human3.6M (or its synthetic twin) → lifting 2D joints to root-relative 3D.
+
+Stage workers, each a function of its inputs and outputs:
+
+* ``download``: synthetic default → generate VideoPose3D npz files; ``h36m`` → check the user's licensed
+  files and link them in (Human3.6M cannot be downloaded without a licence).
+* ``prepare``: npz → ``pose3d.h5`` (``train``/``test`` groups, one row per frame and camera: normalised 2D,
+  root-relative 3D in camera coordinates, subject, action, camera, frame, chunk) + a JSON of statistics.
+* ``build_model``/``training_batches``: the lifter and its step-indexed batches for ``flexheads.train.fit``.
+* ``evaluate``: MPJPE / P-MPJPE / N-MPJPE / MPJVE / 3DPCK / AUC / MJAE in mm, per action and per joint.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import h5py
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from flexheads.config import Params, Pose3DData, RunConfig
+from flexheads.data import h36m, synthetic_h36m
+from flexheads.io import atomic_path, write_json
+from flexheads.metrics import pose3d as metrics
+from flexheads.models.lifter import LifterConfig, PoseLifter, mpjpe_loss
+
+SPLITS = {"train": h36m.TRAIN_SUBJECTS, "test": h36m.TEST_SUBJECTS}
+MAIN_METRIC = "mpjpe"  # lower is better
+
+
+# --- download -------------------------------------------------------------------------------------------------
+
+
+def download(data: Pose3DData, out_dir: Path) -> dict[str, Path]:
+    """Fill ``out_dir`` with ``data_3d_h36m.npz`` and ``data_2d_h36m_<keypoints>.npz``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if data.source == "synthetic":
+        s = data.synthetic
+        files = synthetic_h36m.generate(
+            out_dir, sequences_per_action=s.sequences_per_action, frames_per_sequence=s.frames_per_sequence,
+            seed=s.seed, noise_px=s.noise_px, outlier_rate=s.outlier_rate,
+        )
+        expected = _raw_files(out_dir, data.keypoints)
+        if not expected["2d"].exists():
+            raise FileNotFoundError(
+                f"data.pose3d.keypoints is '{data.keypoints}' but the synthetic generator wrote "
+                f"{sorted(p.name for p in files.values())}; use 'gt', or 'synthetic_det' with "
+                f"data.pose3d.synthetic.noise_px > 0"
+            )
+        return expected
+    user_files = h36m.require_user_files(Path(data.h36m_dir), data.keypoints)
+    return {kind: _link(src, out_dir / src.name) for kind, src in user_files.items()}
+
+
+def _link(src: Path, dst: Path) -> Path:
+    """Hard-link ``src`` to ``dst`` (a copy across file systems), replacing ``dst`` atomically."""
+    with atomic_path(dst) as tmp:
+        tmp.unlink()
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+    return dst
+
+
+def _raw_files(raw_dir: Path, keypoints: str) -> dict[str, Path]:
+    return {"3d": raw_dir / "data_3d_h36m.npz", "2d": raw_dir / f"data_2d_h36m_{keypoints}.npz"}
+
+
+# --- prepare --------------------------------------------------------------------------------------------------
+
+
+def prepare(data: Pose3DData, raw_dir: Path, out_h5: Path, stats_json: Path) -> dict[str, Any]:
+    """Normalise the npz files into ``out_h5`` one sequence at a time (never two copies of the dataset in memory).
+
+    Per row: ``keypoints_2d (17, 2)`` in normalised screen coordinates (``x / w * 2 - [1, h / w]``),
+    ``pose_3d (17, 3)`` root-relative in the camera frame (metres), ``subject``, ``action`` (one of the 15),
+    ``camera`` (0–3), ``frame`` and ``chunk`` (one id per subject × sequence × camera, for windows and MPJVE).
+    """
+    files = _raw_files(raw_dir, data.keypoints)
+    positions_3d = h36m.load_positions_3d(files["3d"])
+    positions_2d, _ = h36m.load_positions_2d(files["2d"])
+    for subjects in SPLITS.values():
+        h36m.check_subjects(positions_3d, subjects, files["3d"])
+    keypoints_2d = h36m.align_2d_to_3d(positions_3d, positions_2d, files["2d"])
+
+    stats: dict[str, Any] = {"source": data.source, "keypoints": data.keypoints, "splits": {}}
+    with atomic_path(out_h5) as tmp, h5py.File(tmp, "w") as h5:
+        h5.attrs["joint_names"] = list(h36m.JOINT_NAMES)
+        h5.attrs["parents"] = list(h36m.PARENTS)
+        chunk = 0
+        for split, subjects in SPLITS.items():
+            writer = _RowWriter(h5.create_group(split))
+            for subject in subjects:
+                for sequence in sorted(positions_3d[subject]):
+                    world = h36m.select_joints(positions_3d[subject][sequence])  # (T, 17, 3)
+                    for c, camera in enumerate(h36m.cameras(subject)):
+                        in_camera = h36m.world_to_camera(world, camera["orientation"], camera["translation"])
+                        writer.append(
+                            keypoints_2d=h36m.normalize_screen_coordinates(
+                                keypoints_2d[subject][sequence][c], camera["res_w"], camera["res_h"]
+                            ),
+                            pose_3d=in_camera - in_camera[:, :1],
+                            subject=subject, action=h36m.action_label(sequence), camera=c, chunk=chunk,
+                        )
+                        chunk += 1
+            stats["splits"][split] = writer.summary()
+    write_json(stats_json, stats)
+    return stats
+
+
+class _RowWriter:
+    """Appends per-sequence blocks to resizable, chunked datasets of one split group, and summarises them."""
+
+    def __init__(self, group: h5py.Group) -> None:
+        self.group = group
+        self.sum_3d = np.zeros((17, 3))
+        self.actions: dict[str, int] = {}
+        self.rows = 0
+
+    def append(self, keypoints_2d: np.ndarray, pose_3d: np.ndarray, subject: str, action: str, camera: int,
+               chunk: int) -> None:
+        n = len(pose_3d)
+        columns = {
+            "keypoints_2d": keypoints_2d.astype(np.float32),
+            "pose_3d": pose_3d.astype(np.float32),
+            "subject": np.full(n, subject, dtype="S8"),
+            "action": np.full(n, action, dtype="S16"),
+            "camera": np.full(n, camera, dtype=np.int8),
+            "frame": np.arange(n, dtype=np.int32),
+            "chunk": np.full(n, chunk, dtype=np.int32),
+        }
+        for name, values in columns.items():
+            if name not in self.group:
+                self.group.create_dataset(name, shape=(0, *values.shape[1:]), maxshape=(None, *values.shape[1:]),
+                                          dtype=values.dtype, chunks=(4096, *values.shape[1:]))
+            dataset = self.group[name]
+            dataset.resize(self.rows + n, axis=0)
+            dataset[self.rows :] = values
+        self.rows += n
+        self.sum_3d += pose_3d.sum(axis=0)
+        self.actions[action] = self.actions.get(action, 0) + n
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "rows": self.rows,
+            "rows_per_action": dict(sorted(self.actions.items())),
+            "mean_pose_3d": (self.sum_3d / max(self.rows, 1)).round(6).tolist(),
+        }
+
+
+# --- training -------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Split:
+    """One split of pose3d.h5 in memory (float32 arrays; a few hundred MB for real Human3.6M)."""
+
+    keypoints_2d: np.ndarray  # (N, 17, 2)
+    pose_3d: np.ndarray  # (N, 17, 3)
+    action: np.ndarray  # (N,) str
+    frame: np.ndarray  # (N,) int, frame index within the sequence
+    chunk: np.ndarray  # (N,) int, one id per subject × sequence × camera
+
+    @classmethod
+    def load(cls, h5_path: Path, split: str) -> Split:
+        with h5py.File(h5_path, "r") as h5:
+            if split not in h5:
+                raise KeyError(f"{h5_path}: no '{split}' group; rerun `flexheads prepare pose3d`")
+            g = h5[split]
+            return cls(g["keypoints_2d"][:], g["pose_3d"][:], g["action"][:].astype(str), g["frame"][:], g["chunk"][:])
+
+    def windows(self, rows: np.ndarray, window: int) -> np.ndarray:
+        """2D inputs ``(len(rows), window, 17, 2)`` centred on ``rows``, edge frames repeated within each chunk."""
+        half = window // 2
+        offsets = np.arange(-half, half + 1)
+        starts = np.searchsorted(self.chunk, self.chunk[rows], side="left")
+        ends = np.searchsorted(self.chunk, self.chunk[rows], side="right") - 1
+        index = np.clip(rows[:, None] + offsets[None, :], starts[:, None], ends[:, None])
+        return self.keypoints_2d[index]
+
+
+def build_model(config: RunConfig) -> PoseLifter:
+    m = config.model
+    return PoseLifter(
+        LifterConfig(
+            window=m.window, d_model=m.d_model, n_heads=m.n_heads, d_head=config.d_head, n_layers=m.n_layers,
+            d_ff=m.d_ff, dropout=m.dropout, activation=m.activation, norm=config.regime.norm, init=config.regime.init,
+        )
+    )
+
+
+def load_model(path: Path) -> PoseLifter:
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    model = PoseLifter(LifterConfig(**checkpoint["model_config"]))
+    model.load_state_dict(checkpoint["model"])
+    return model
+
+
+def training_batches(
+    h5_path: Path, config: RunConfig
+) -> tuple[Callable[[int], tuple[torch.Tensor, torch.Tensor]], Callable[[nn.Module, Any], torch.Tensor]]:
+    """``batch_at(step)`` (a pure function of seed and step) and the MPJPE loss."""
+    train = Split.load(h5_path, "train")
+    rows = np.flatnonzero(train.frame % config.train.stride == 0)
+    batch_size = config.train.batch_size
+
+    def batch_at(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        picked = np.sort(np.random.default_rng([config.seed, step]).choice(rows, size=batch_size))
+        return torch.from_numpy(train.windows(picked, config.model.window)), torch.from_numpy(train.pose_3d[picked])
+
+    def loss_fn(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        inputs, targets = batch
+        pred, _ = model(inputs)
+        return mpjpe_loss(pred.float(), targets)
+
+    return batch_at, loss_fn
+
+
+# --- evaluation -----------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def predict(model: PoseLifter, split: Split, batch_size: int, device: torch.device) -> np.ndarray:
+    """Root-relative 3D predictions ``(N, 17, 3)`` in metres for every row of ``split``."""
+    model.eval().to(device)
+    window = model.config.window
+    out = []
+    for start in range(0, len(split.pose_3d), batch_size):
+        rows = np.arange(start, min(start + batch_size, len(split.pose_3d)))
+        inputs = torch.from_numpy(split.windows(rows, window)).to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            pred, _ = model(inputs)
+        out.append(pred.float().cpu().numpy())
+    return np.concatenate(out)
+
+
+def evaluate(model: PoseLifter, h5_path: Path, stats: dict[str, Any], batch_size: int,
+             device: torch.device) -> tuple[dict[str, float], dict[str, pd.DataFrame]]:
+    """Protocol-1/2 metrics on the test split (S9, S11), all in millimetres.
+
+    Returns the headline metrics — ``mpjpe``/``p_mpjpe`` are the unweighted mean over the 15 actions (as
+    published tables report), ``*_frame_weighted`` the mean over frames — and per-action / per-joint tables.
+    ``mean_pose_mpjpe`` is the reference of predicting the mean training pose for every frame.
+    """
+    test = Split.load(h5_path, "test")
+    pred = predict(model, test, batch_size, device) * 1000.0
+    gt = test.pose_3d.astype(np.float64) * 1000.0
+
+    per_action = pd.DataFrame(
+        [
+            {"action": action, "mpjpe": metrics.mpjpe(pred[rows], gt[rows]),
+             "p_mpjpe": metrics.p_mpjpe(pred[rows], gt[rows]), "frames": int(rows.sum())}
+            for action in np.unique(test.action)
+            for rows in [test.action == action]
+        ]
+    )
+    mean_pose = np.asarray(stats["splits"]["train"]["mean_pose_3d"]) * 1000.0
+    chunks = [rows for c in np.unique(test.chunk) if len(rows := np.flatnonzero(test.chunk == c)) > 1]
+    velocity_errors = [metrics.mpjve(pred[rows], gt[rows]) for rows in chunks]
+
+    headline = {
+        "mpjpe": float(per_action["mpjpe"].mean()),
+        "p_mpjpe": float(per_action["p_mpjpe"].mean()),
+        "mpjpe_frame_weighted": metrics.mpjpe(pred, gt),
+        "p_mpjpe_frame_weighted": metrics.p_mpjpe(pred, gt),
+        "n_mpjpe": metrics.n_mpjpe(pred, gt),
+        "mpjve": float(np.average(velocity_errors, weights=[len(rows) - 1 for rows in chunks])),
+        "pck3d_150": metrics.pck3d(pred, gt, threshold=150.0),
+        "auc3d": metrics.auc3d(pred, gt, max_threshold=150.0),
+        "mjae_deg": metrics.mjae(pred, gt, h36m.PARENTS),
+        "mean_pose_mpjpe": metrics.mpjpe(np.broadcast_to(mean_pose, gt.shape), gt),
+        "test_frames": int(len(gt)),
+    }
+    per_joint = pd.DataFrame({"joint": h36m.JOINT_NAMES, "mpjpe": metrics.mpjpe_per_joint(pred, gt)})
+    return headline, {"per_action": per_action, "per_joint": per_joint}
+
+
+
+REPORT_CAPTION = (
+    "pose3d (Human3.6M protocol, test S9 S11): errors in mm. MPJPE and P-MPJPE are the unweighted mean over "
+    "the 15 actions; 'frames' columns average over all test frames."
+)
+REPORT_COLUMNS = [  # (key in metrics/<run>.json, header, better)
+    ("mpjpe", "MPJPE", "min"),
+    ("mpjpe_frame_weighted", "MPJPE (frames)", "min"),
+    ("p_mpjpe", "P-MPJPE", "min"),
+    ("mpjve", "MPJVE", "min"),
+    ("pck3d_150", "3DPCK@150", "max"),
+    ("auc3d", "AUC", "max"),
+]

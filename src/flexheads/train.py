@@ -1,0 +1,188 @@
+"""The training loop every task reuses: seeded, resumable, atomic checkpoints, bf16 autocast on CUDA.
+
+A task supplies ``batch_at(step)`` (the batch for a step, a pure function of the seed and the step, so a
+resumed run sees exactly the batches an uninterrupted one would) and ``loss_fn(model, batch)``.  The loop
+owns the step counter and sets each step's learning rate from the regime's schedule.  It records per-step
+loss, learning rate and gradient norm, and histograms of ``log10|grad|`` at ``grad_snapshot_steps`` for the
+thesis's figure 3.16.  On CPU the same config gives bit-identical results, interrupted or not.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from flexheads.config import RunConfig
+from flexheads.io import atomic_path
+from flexheads.optim.optimizers import build_optimizer
+from flexheads.optim.schedules import lr_at
+
+Batch = Any
+CHECKPOINT = "checkpoint.pt"
+GRAD_BINS = torch.linspace(-12.0, 2.0, 71)  # log10 |grad| bin edges of the gradient histograms
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept on disk."""
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    final_loss: float
+    wall_time_s: float
+    history: list[dict[str, float]]  # one row per step: step, loss, lr, grad_norm
+    grad_histograms: dict[int, list[int]]  # step -> counts over GRAD_BINS
+
+
+def pick_device(preference: str = "auto") -> torch.device:
+    """``auto`` → CUDA when present, else CPU; ``cpu``/``cuda`` force one."""
+    if preference == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(preference)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch (CPU and CUDA) and make CPU kernels deterministic."""
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def grad_histogram(model: nn.Module) -> list[int]:
+    """Counts of ``log10|g|`` over ``GRAD_BINS`` for every gradient entry of the model (zeros excluded)."""
+    grads = torch.cat([p.grad.detach().flatten().float().cpu() for p in model.parameters() if p.grad is not None])
+    magnitudes = grads.abs()
+    logs = torch.log10(magnitudes[magnitudes > 0]).clamp(GRAD_BINS[0], GRAD_BINS[-1])
+    return torch.histogram(logs, bins=GRAD_BINS).hist.long().tolist()
+
+
+def fit(
+    model: nn.Module,
+    loss_fn: Callable[[nn.Module, Batch], torch.Tensor],
+    batch_at: Callable[[int], Batch],
+    config: RunConfig,
+    out_dir: Path,
+    *,
+    device: torch.device,
+    log: Callable[[list[dict[str, float]]], None] | None = None,
+    progress: bool = True,  # a progress bar when stderr is a terminal
+) -> TrainResult:
+    """Train ``model`` for ``config.train.steps`` steps, resuming from ``out_dir/checkpoint.pt`` if present.
+
+    Args:
+        batch_at: step (1-based) → batch of CPU tensors (moved to ``device`` here).
+        log: called with the buffered per-step rows every ``log_every`` steps and at the end (MLflow).
+    Raises:
+        TrainingDiverged: on a NaN/inf loss; the checkpoint of the last good interval stays on disk.
+    """
+    settings, regime = config.train, config.regime
+    model.to(device)
+    optimizer = build_optimizer(
+        model.parameters(), regime.optimizer, lr=regime.lr, betas=regime.betas, weight_decay=regime.weight_decay
+    )
+    lr_of_step = lr_at(
+        regime.schedule, lr=regime.lr, warmup=regime.warmup, beta2=regime.betas[1], d_model=config.model.d_model
+    )
+    checkpoint = out_dir / CHECKPOINT
+    state = _resume_state(checkpoint, model, optimizer, device, config.hash())
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    clip = settings.grad_clip if settings.grad_clip > 0 else math.inf
+    unlogged: list[dict[str, float]] = []
+    started = time.perf_counter() - state["wall_time_s"]
+
+    model.train()
+    bar = tqdm(range(state["step"] + 1, settings.steps + 1), desc=config.run.name, disable=None if progress else True,
+               initial=state["step"], total=settings.steps, leave=False)
+    for step in bar:
+        lr = lr_of_step(step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        batch = _to_device(batch_at(step), device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            loss = loss_fn(model, batch)
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):
+            raise TrainingDiverged(
+                f"{config.run.name}: loss is {loss_value} at step {step} (lr {lr:.3g}); the last good checkpoint "
+                f"(step {state['step']}) is kept at {checkpoint}. Lower the regime's lr or add warmup."
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if step in settings.grad_snapshot_steps:
+            state["grad_histograms"][step] = grad_histogram(model)
+        grad_norm = torch.nn.utils.clip_grad_norm_(parameters, clip).item()
+        optimizer.step()
+
+        row = {"step": step, "loss": loss_value, "lr": lr, "grad_norm": grad_norm}
+        state["history"].append(row)
+        unlogged.append(row)
+        bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
+        if log is not None and (step % settings.log_every == 0 or step == settings.steps):
+            log(unlogged)
+            unlogged = []
+        if step % settings.checkpoint_every == 0 or step == settings.steps:
+            state.update(step=step, wall_time_s=time.perf_counter() - started)
+            _save_checkpoint(checkpoint, model, optimizer, state)
+    bar.close()
+
+    history = state["history"]
+    return TrainResult(
+        steps=settings.steps,
+        final_loss=history[-1]["loss"] if history else math.nan,
+        wall_time_s=state["wall_time_s"],
+        history=history,
+        grad_histograms=state["grad_histograms"],
+    )
+
+
+def _fresh_state(config_hash: str) -> dict[str, Any]:
+    return {"config_hash": config_hash, "step": 0, "wall_time_s": 0.0, "history": [], "grad_histograms": {}}
+
+
+def _resume_state(
+    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device, config_hash: str
+) -> dict[str, Any]:
+    """The checkpoint's state if it was written by this very config; a fresh start otherwise."""
+    if not path.exists():
+        return _fresh_state(config_hash)
+    payload = torch.load(path, map_location=device, weights_only=True)
+    if payload.get("config_hash") != config_hash:
+        warnings.warn(f"{path} was written by another config; starting from step 0", stacklevel=2)
+        return _fresh_state(config_hash)
+    model.load_state_dict(payload["model"])
+    optimizer.load_state_dict(payload["optimizer"])
+    torch.set_rng_state(payload["rng_cpu"].cpu())
+    if payload["rng_cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in payload["rng_cuda"]])
+    return {key: payload[key] for key in _fresh_state(config_hash)}
+
+
+def _save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Model, optimiser, RNG state, step, history: everything a resume needs, written atomically."""
+    payload = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "rng_cpu": torch.get_rng_state(),
+        "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        **state,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def _to_device(batch: Batch, device: torch.device) -> Batch:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(v, device) for v in batch)
+    return batch
