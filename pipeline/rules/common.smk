@@ -5,7 +5,7 @@ import subprocess
 from flexheads.config import load_params
 
 PARAMS = load_params("params.yaml")
-RUNS = [run.name for run in PARAMS.runs()]
+RUNS = [run.name for run in PARAMS.all_runs()]  # the matrix, then the baselines
 TASKS = list(PARAMS.experiment.tasks)
 ENV = "../envs/flexheads.yaml"
 

@@ -37,3 +37,4 @@ rule evaluate:
     shell:
         "flexheads evaluate {wildcards.run} --data {input.h5} --stats {input.stats} --model {params.model_dir}"
         " --out {output.metrics} > {log} 2>&1"
+

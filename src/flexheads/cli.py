@@ -17,7 +17,8 @@ import typer
 
 from flexheads.config import ParamsError, load_params
 
-app = typer.Typer(help="flexheads: data → prepare → train → evaluate → report for the flexible-heads study.", no_args_is_help=True, add_completion=False)
+app = typer.Typer(help="flexheads: data → prepare → train → evaluate → report for the flexible-heads study.", no_args_is_help=True,
+                  add_completion=False, pretty_exceptions_show_locals=False)
 
 ParamsOption = typer.Option(Path("params.yaml"), "--params", "-p", help="The params.yaml to read.")
 DeviceOption = typer.Option("auto", help="auto (CUDA when present), cpu or cuda.")

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 TASKS = ("pose3d",)
 ATTENTIONS = ("standard", "flexible")
 REGIMES = ("noam", "linear_untuned", "exponential_untuned", "radam", "tfixup", "preln")
+BASELINES = ("martinez_mlp",)
 
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
@@ -160,6 +161,16 @@ class Experiment(_Section):
         return values
 
 
+class Baseline(_Section):
+    """A reference model (the MLP of Martinez et al. 2017), trained and evaluated like a run, reported as a row."""
+
+    task: Literal[TASKS]  # type: ignore[valid-type]
+    regime: str = "radam"  # its optimiser and schedule; LayerNorm placement and init do not apply
+    hidden: PositiveInt = 1024
+    n_blocks: PositiveInt = 2
+    dropout: Probability = 0.5
+
+
 class Tracking(_Section):
     """MLflow settings. ``uri: null`` is the embedded local store; ``MLFLOW_TRACKING_URI`` overrides."""
 
@@ -176,15 +187,17 @@ class Params(_Section):
     model: Models = Models()
     train: Trainings = Trainings()
     data: DataSettings = DataSettings()
+    baselines: dict[Literal[BASELINES], Baseline] = {}  # type: ignore[valid-type]
     tracking: Tracking = Tracking()
 
     @model_validator(mode="after")
-    def _matrix_is_defined(self) -> Params:
-        unknown = [r for r in self.experiment.regimes if r not in self.regimes]
-        if unknown:
-            raise ValueError(
-                f"experiment.regimes: unknown regime {unknown}; defined under 'regimes:' are {sorted(self.regimes)}"
-            )
+    def _regimes_are_defined(self) -> Params:
+        used = {"experiment.regimes": list(self.experiment.regimes)}
+        used |= {f"baselines.{name}.regime": [b.regime] for name, b in self.baselines.items()}
+        for key, names in used.items():
+            unknown = [r for r in names if r not in self.regimes]
+            if unknown:
+                raise ValueError(f"{key}: unknown regime {unknown}; defined under 'regimes:' are {sorted(self.regimes)}")
         return self
 
     def runs(self) -> list[Run]:
@@ -192,12 +205,20 @@ class Params(_Section):
         e = self.experiment
         return [Run(*cell) for cell in itertools.product(e.tasks, e.attention, e.regimes)]
 
+    def baseline_runs(self) -> list[Run]:
+        """One run per baseline of a task in the matrix, named ``<task>-<baseline>``."""
+        return [Run(b.task, "none", b.regime, baseline=name) for name, b in self.baselines.items()
+                if b.task in self.experiment.tasks]
+
+    def all_runs(self) -> list[Run]:
+        return self.runs() + self.baseline_runs()
+
     def run(self, name: str) -> Run:
-        """The run called ``name``; ParamsError listing the valid names otherwise."""
-        for run in self.runs():
+        """The matrix or baseline run called ``name``; ParamsError listing the valid names otherwise."""
+        for run in self.all_runs():
             if run.name == name:
                 return run
-        raise ParamsError(f"no run named '{name}' in the experiment matrix; runs are: {[r.name for r in self.runs()]}")
+        raise ParamsError(f"no run named '{name}' in the experiment matrix; runs are: {[r.name for r in self.all_runs()]}")
 
     def run_config(self, run: Run) -> RunConfig:
         return RunConfig(
@@ -206,6 +227,7 @@ class Params(_Section):
             regime=self.regimes[run.regime],
             model=getattr(self.model, run.task),
             train=getattr(self.train, run.task),
+            baseline=self.baselines[run.baseline] if run.baseline else None,
         )
 
 
@@ -214,12 +236,13 @@ class Run:
     """One cell of the experiment matrix."""
 
     task: str
-    attention: str
+    attention: str  # standard | flexible ("none" for a baseline)
     regime: str
+    baseline: str | None = None  # a baseline model name instead of the task's transformer
 
     @property
     def name(self) -> str:
-        return f"{self.task}-{self.attention}-{self.regime}"
+        return f"{self.task}-{self.baseline}" if self.baseline else f"{self.task}-{self.attention}-{self.regime}"
 
 
 @dataclass(frozen=True)
@@ -231,6 +254,7 @@ class RunConfig:
     regime: Regime
     model: ModelSettings
     train: TrainSettings
+    baseline: Baseline | None = None
 
     @property
     def d_head(self) -> int | None:
@@ -245,6 +269,7 @@ class RunConfig:
             "regime": self.regime.model_dump(mode="json"),
             "model": self.model.model_dump(mode="json"),
             "train": self.train.model_dump(mode="json"),
+            **({"baseline": self.baseline.model_dump(mode="json")} if self.baseline else {}),
         }
 
     def flat(self) -> dict[str, Any]:

@@ -45,7 +45,7 @@ def train_run(params: Params, run_name: str, data_h5: Path, out_dir: Path, devic
     config = params.run_config(run)
     task = task_module(run.task)
     seed_everything(config.seed)
-    model = task.build_model(config)
+    model = task.build_model(config, data_h5)
     batch_at, loss_fn = task.training_batches(data_h5, config)
     out_dir.mkdir(parents=True, exist_ok=True)
     tracker = _tracker(params, config, out_dir)
@@ -60,7 +60,7 @@ def train_run(params: Params, run_name: str, data_h5: Path, out_dir: Path, devic
         raise
 
     with atomic_path(out_dir / "model.pt") as tmp:
-        torch.save({"model": {k: v.cpu() for k, v in model.state_dict().items()},
+        torch.save({"model": {k: v.cpu() for k, v in model.state_dict().items()}, "architecture": type(model).__name__,
                     "model_config": model.config.to_dict(), "run_config": config.to_dict()}, tmp)
     with atomic_path(out_dir / "history.csv") as tmp:
         pd.DataFrame(result.history).to_csv(tmp, index=False)
@@ -69,8 +69,8 @@ def train_run(params: Params, run_name: str, data_h5: Path, out_dir: Path, devic
         "counts": {str(step): counts for step, counts in sorted(result.grad_histograms.items())},
     })
     summary = {
-        "run": run.name, "task": run.task, "attention": run.attention, "regime": run.regime,
-        "mlflow_run_id": tracker.run_id if tracker else None,
+        "run": run.name, "task": run.task, "model": run.baseline or "transformer", "attention": run.attention,
+        "regime": run.regime, "mlflow_run_id": tracker.run_id if tracker else None,
         "n_params": n_params, "steps": result.steps, "final_loss": result.final_loss,
         "wall_time_s": round(result.wall_time_s, 3), "device": str(pick_device(device)),
         "params_hash": config.hash(),
@@ -93,8 +93,8 @@ def evaluate_run(params: Params, run_name: str, data_h5: Path, stats_json: Path,
     trained = json.loads((model_dir / "train.json").read_text())
     headline, tables = task.evaluate(model, data_h5, json.loads(stats_json.read_text()),
                                      getattr(params.train, run.task).eval_batch_size, pick_device(device))
-    metrics = {"run": run.name, "task": run.task, "attention": run.attention, "regime": run.regime,
-               "main_metric": task.MAIN_METRIC, **{k: _rounded(v) for k, v in headline.items()}}
+    metrics = {"run": run.name, "task": run.task, "model": run.baseline or "transformer", "attention": run.attention,
+               "regime": run.regime, "main_metric": task.MAIN_METRIC, **{k: _rounded(v) for k, v in headline.items()}}
     table_paths = []
     for name, table in tables.items():
         path = out_json.with_name(f"{out_json.stem}.{name}.csv")

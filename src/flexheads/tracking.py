@@ -53,8 +53,8 @@ class Tracker:
     def start(
         cls, uri: str, experiment: str, run_name: str, tags: Mapping[str, str], params: Mapping[str, Any]
     ) -> Tracker:
+        experiment_id = ensure_experiments(uri, [experiment])[experiment]  # first: creates the store under a lock
         client = _client(uri)
-        experiment_id = ensure_experiments(uri, [experiment])[experiment]
         run = client.create_run(experiment_id, run_name=run_name, tags=dict(tags))
         tracker = cls(client, run.info.run_id)
         tracker.log_params(params)

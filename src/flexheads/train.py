@@ -79,7 +79,9 @@ def fit(
 
     Args:
         batch_at: step (1-based) → batch of CPU tensors (moved to ``device`` here).
-        log: called with the buffered per-step rows every ``log_every`` steps and at the end (MLflow).
+        log: called with the buffered per-step rows every ``log_every`` steps, at the end and before raising
+            ``TrainingDiverged`` (MLflow).  Every step is logged at least once; a resumed run re-sends the
+            rows after the last ``log_every`` boundary before its checkpoint (same values, same steps).
     Raises:
         TrainingDiverged: on a NaN/inf loss; the checkpoint of the last good interval stays on disk.
     """
@@ -95,7 +97,10 @@ def fit(
     state = _resume_state(checkpoint, model, optimizer, device, config.hash())
     parameters = [p for p in model.parameters() if p.requires_grad]
     clip = settings.grad_clip if settings.grad_clip > 0 else math.inf
-    unlogged: list[dict[str, float]] = []
+    # Rows after the last log boundary before the checkpoint may never have reached ``log`` (the run stopped
+    # before the next boundary): send them again, so every step is logged at least once across resumes.
+    last_logged = state["step"] - state["step"] % settings.log_every
+    unlogged: list[dict[str, float]] = [row for row in state["history"] if row["step"] > last_logged]
     started = time.perf_counter() - state["wall_time_s"]
 
     model.train()
@@ -110,9 +115,13 @@ def fit(
             loss = loss_fn(model, batch)
         loss_value = loss.item()
         if not math.isfinite(loss_value):
+            if log is not None and unlogged:
+                log(unlogged)  # the steps leading up to a divergence are the ones a stability study needs
+            kept = (f"the last good checkpoint (step {state['step']}) is kept at {checkpoint}" if state["step"]
+                    else "no checkpoint was written yet")
             raise TrainingDiverged(
-                f"{config.run.name}: loss is {loss_value} at step {step} (lr {lr:.3g}); the last good checkpoint "
-                f"(step {state['step']}) is kept at {checkpoint}. Lower the regime's lr or add warmup."
+                f"{config.run.name}: loss is {loss_value} at step {step} (lr {lr:.3g}); {kept}. "
+                f"Lower the regime's lr or add warmup."
             )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

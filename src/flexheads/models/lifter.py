@@ -1,8 +1,9 @@
 """The thesis's 3D pose lifter: 17 joints as tokens, a transformer encoder, a per-joint 3D head.
 
-Each joint token embeds that joint's 2D track over a window of ``W`` frames (``W * 2`` numbers), adds a
-learned joint-identity embedding, passes the configured encoder (standard or flexible heads, Post-LN,
-Pre-LN or no LayerNorm) and regresses the joint's root-relative 3D position in metres.
+Each joint token embeds that joint's standardised 2D track over a window of ``W`` frames (``W * 2``
+numbers), adds a learned joint-identity embedding, passes the configured encoder (standard or flexible
+heads, Post-LN, Pre-LN or no LayerNorm) and regresses the joint's standardised root-relative 3D position.
+Inputs and outputs are standardised per joint with the training split's statistics (``Standardiser``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor, nn
 
+from flexheads.models.standardise import Standardiser
 from flexheads.nn import LearnedPositionalEncoding, TransformerEncoder, t_fixup_, xavier_
 
 
@@ -44,17 +46,19 @@ class PoseLifter(nn.Module):
             dropout=config.dropout, activation=config.activation, norm=config.norm,
         )
         self.head = nn.Linear(config.d_model, 3)
+        self.input_norm = Standardiser(config.n_joints, 2)
+        self.output_norm = Standardiser(config.n_joints, 3)
         if config.init == "tfixup":
             t_fixup_(self, n_encoder_layers=config.n_layers)
         else:
             xavier_(self)
 
     def forward(self, keypoints_2d: Tensor, need_weights: bool = False) -> tuple[Tensor, list[Tensor] | None]:
-        """``(B, W, J, 2)`` normalised 2D tracks → ``(B, J, 3)`` root-relative 3D (metres), attention maps."""
-        tokens = keypoints_2d.permute(0, 2, 1, 3).flatten(2)  # (B, J, W*2)
+        """``(B, W, J, 2)`` screen-normalised 2D tracks → ``(B, J, 3)`` root-relative 3D (metres), attention maps."""
+        tokens = self.input_norm(keypoints_2d).permute(0, 2, 1, 3).flatten(2)  # (B, J, W*2)
         x = self.joint_embed(self.embed(tokens))  # (B, J, d_model)
         x, weights = self.encoder(x, need_weights=need_weights)
-        return self.head(x), weights  # (B, J, 3)
+        return self.output_norm.inverse(self.head(x)), weights  # (B, J, 3)
 
 
 def mpjpe_loss(pred: Tensor, target: Tensor) -> Tensor:

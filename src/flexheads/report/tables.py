@@ -26,7 +26,7 @@ RUN_COLUMNS = [  # (key in train.json, header, better)
 
 def collect(params: Params, task: str, metrics_dir: Path, models_dir: Path) -> pd.DataFrame:
     """One row per run of ``task``: its metrics JSON merged with its train summary."""
-    runs = [r for r in params.runs() if r.task == task]
+    runs = [r for r in params.all_runs() if r.task == task]
     paths = {r.name: (metrics_dir / f"{r.name}.json", models_dir / r.name / "train.json") for r in runs}
     missing = [str(p) for pair in paths.values() for p in pair if not p.exists()]
     if missing:
@@ -38,10 +38,10 @@ def collect(params: Params, task: str, metrics_dir: Path, models_dir: Path) -> p
     return pd.DataFrame(rows)
 
 
-def comparison_table(frame: pd.DataFrame, task: str) -> tuple[pd.DataFrame, dict[str, str]]:
+def comparison_table(frame: pd.DataFrame, task: str) -> tuple[pd.DataFrame, dict[str, int]]:
     """The table's columns (formatted strings) and, per column, the run whose value is best."""
-    columns = [("attention", "attention", None), ("regime", "regime", None), *task_module(task).REPORT_COLUMNS,
-               *RUN_COLUMNS]
+    columns = [("model", "model", None), ("attention", "attention", None), ("regime", "regime", None),
+               *task_module(task).REPORT_COLUMNS, *RUN_COLUMNS]
     table = pd.DataFrame({header: frame[key] for key, header, _ in columns})
     best = {}
     for key, header, better in columns:
@@ -66,7 +66,7 @@ def to_latex(table: pd.DataFrame, best: dict[str, int], caption: str, label: str
     for header, index in best.items():
         j = list(table.columns).index(header)
         cells[index][j] = f"\\textbf{{{cells[index][j]}}}"
-    align = "ll" + "r" * (len(table.columns) - 2)
+    align = "lll" + "r" * (len(table.columns) - 3)
     body = "\n".join(" & ".join(row) + r" \\" for row in cells)
     header = " & ".join(_latex_escape(c) for c in table.columns) + r" \\"
     return (

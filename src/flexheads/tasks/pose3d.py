@@ -24,10 +24,11 @@ import pandas as pd
 import torch
 from torch import nn
 
-from flexheads.config import Params, Pose3DData, RunConfig
+from flexheads.config import Pose3DData, RunConfig
 from flexheads.data import h36m, synthetic_h36m
 from flexheads.io import atomic_path, write_json
 from flexheads.metrics import pose3d as metrics
+from flexheads.models.baselines import MartinezConfig, MartinezMLP
 from flexheads.models.lifter import LifterConfig, PoseLifter, mpjpe_loss
 
 SPLITS = {"train": h36m.TRAIN_SUBJECTS, "test": h36m.TEST_SUBJECTS}
@@ -120,7 +121,7 @@ class _RowWriter:
 
     def __init__(self, group: h5py.Group) -> None:
         self.group = group
-        self.sum_3d = np.zeros((17, 3))
+        self.moments = {name: np.zeros((3, 17, dims)) for name, dims in (("keypoints_2d", 2), ("pose_3d", 3))}
         self.actions: dict[str, int] = {}
         self.rows = 0
 
@@ -144,15 +145,22 @@ class _RowWriter:
             dataset.resize(self.rows + n, axis=0)
             dataset[self.rows :] = values
         self.rows += n
-        self.sum_3d += pose_3d.sum(axis=0)
+        for name, moments in self.moments.items():
+            x = columns[name].astype(np.float64)
+            moments += (np.full(x.shape[1:], n), x.sum(axis=0), (x * x).sum(axis=0))
         self.actions[action] = self.actions.get(action, 0) + n
 
     def summary(self) -> dict[str, Any]:
-        return {
-            "rows": self.rows,
-            "rows_per_action": dict(sorted(self.actions.items())),
-            "mean_pose_3d": (self.sum_3d / max(self.rows, 1)).round(6).tolist(),
-        }
+        """Row counts and per-joint mean/std of the 2D inputs and 3D targets (also stored as group attrs)."""
+        summary: dict[str, Any] = {"rows": self.rows, "rows_per_action": dict(sorted(self.actions.items()))}
+        for name, (count, total, squares) in self.moments.items():
+            mean = total / np.maximum(count, 1)
+            std = np.sqrt(np.maximum(squares / np.maximum(count, 1) - mean**2, 0.0))
+            summary[f"{name}_mean"] = mean.round(6).tolist()
+            summary[f"{name}_std"] = std.round(6).tolist()
+            self.group.attrs[f"{name}_mean"] = mean
+            self.group.attrs[f"{name}_std"] = std
+        return summary
 
 
 # --- training -------------------------------------------------------------------------------------------------
@@ -186,19 +194,31 @@ class Split:
         return self.keypoints_2d[index]
 
 
-def build_model(config: RunConfig) -> PoseLifter:
-    m = config.model
-    return PoseLifter(
-        LifterConfig(
+ARCHITECTURES = {"PoseLifter": (PoseLifter, LifterConfig), "MartinezMLP": (MartinezMLP, MartinezConfig)}
+
+
+def build_model(config: RunConfig, h5_path: Path) -> PoseLifter | MartinezMLP:
+    """The run's lifter (or baseline MLP), standardised with the training split's per-joint statistics."""
+    m, b = config.model, config.baseline
+    if b is not None:
+        model = MartinezMLP(MartinezConfig(window=m.window, hidden=b.hidden, n_blocks=b.n_blocks, dropout=b.dropout))
+    else:
+        model = PoseLifter(LifterConfig(
             window=m.window, d_model=m.d_model, n_heads=m.n_heads, d_head=config.d_head, n_layers=m.n_layers,
             d_ff=m.d_ff, dropout=m.dropout, activation=m.activation, norm=config.regime.norm, init=config.regime.init,
-        )
-    )
+        ))
+    with h5py.File(h5_path, "r") as h5:
+        stats = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in h5["train"].attrs.items()}
+    model.input_norm.set_(stats["keypoints_2d_mean"], stats["keypoints_2d_std"])
+    model.output_norm.set_(stats["pose_3d_mean"], stats["pose_3d_std"])
+    return model
 
 
-def load_model(path: Path) -> PoseLifter:
+def load_model(path: Path) -> PoseLifter | MartinezMLP:
+    """A model saved by the train stage (``weights_only`` load: no code runs from the file)."""
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    model = PoseLifter(LifterConfig(**checkpoint["model_config"]))
+    model_class, config_class = ARCHITECTURES[checkpoint["architecture"]]
+    model = model_class(config_class(**checkpoint["model_config"]))
     model.load_state_dict(checkpoint["model"])
     return model
 
@@ -227,7 +247,7 @@ def training_batches(
 
 
 @torch.no_grad()
-def predict(model: PoseLifter, split: Split, batch_size: int, device: torch.device) -> np.ndarray:
+def predict(model: nn.Module, split: Split, batch_size: int, device: torch.device) -> np.ndarray:
     """Root-relative 3D predictions ``(N, 17, 3)`` in metres for every row of ``split``."""
     model.eval().to(device)
     window = model.config.window
@@ -241,7 +261,7 @@ def predict(model: PoseLifter, split: Split, batch_size: int, device: torch.devi
     return np.concatenate(out)
 
 
-def evaluate(model: PoseLifter, h5_path: Path, stats: dict[str, Any], batch_size: int,
+def evaluate(model: nn.Module, h5_path: Path, stats: dict[str, Any], batch_size: int,
              device: torch.device) -> tuple[dict[str, float], dict[str, pd.DataFrame]]:
     """Protocol-1/2 metrics on the test split (S9, S11), all in millimetres.
 
@@ -261,7 +281,7 @@ def evaluate(model: PoseLifter, h5_path: Path, stats: dict[str, Any], batch_size
             for rows in [test.action == action]
         ]
     )
-    mean_pose = np.asarray(stats["splits"]["train"]["mean_pose_3d"]) * 1000.0
+    mean_pose = np.asarray(stats["splits"]["train"]["pose_3d_mean"]) * 1000.0
     chunks = [rows for c in np.unique(test.chunk) if len(rows := np.flatnonzero(test.chunk == c)) > 1]
     velocity_errors = [metrics.mpjve(pred[rows], gt[rows]) for rows in chunks]
 

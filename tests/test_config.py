@@ -1,0 +1,254 @@
+"""params.yaml schema: the repo's file loads, the matrix is tasks × attention × regimes, and every kind of
+mistake in the file fails up front with the key path and the allowed values."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import yaml
+
+from flexheads.config import Params, ParamsError, Run, RunConfig, load_params, params_hash
+
+PARAMS_YAML = Path(__file__).resolve().parents[1] / "params.yaml"
+
+
+def raw_params() -> dict[str, Any]:
+    return yaml.safe_load(PARAMS_YAML.read_text())
+
+
+def write(tmp_path: Path, raw: Any) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def error_lines(message: str) -> list[str]:
+    """The per-key lines of a schema error (indented under the header line)."""
+    return [line for line in message.splitlines() if line.startswith("  ")]
+
+
+# --- the repo's file and the matrix ---------------------------------------------------------------
+
+
+def test_repo_params_yaml_loads() -> None:
+    params = load_params(PARAMS_YAML)
+    raw = raw_params()
+    assert params.seed == raw["seed"]
+    assert set(params.regimes) == set(raw["regimes"])
+    assert params.model.pose3d.d_model == raw["model"]["pose3d"]["d_model"]
+
+
+def test_dumped_copy_of_repo_file_loads(tmp_path: Path) -> None:
+    """Control for the malformed-file tests below: the unmutated dump is valid."""
+    assert load_params(write(tmp_path, raw_params())) == load_params(PARAMS_YAML)
+
+
+def test_runs_are_the_product_in_file_order() -> None:
+    params = load_params(PARAMS_YAML)
+    e = raw_params()["experiment"]
+    expected = [f"{t}-{a}-{r}" for t, a, r in itertools.product(e["tasks"], e["attention"], e["regimes"])]
+    assert [run.name for run in params.runs()] == expected
+    assert len(params.runs()) == len(e["tasks"]) * len(e["attention"]) * len(e["regimes"])
+
+
+def test_runs_order_follows_the_lists_not_the_alphabet() -> None:
+    raw = raw_params()
+    raw["experiment"]["attention"] = ["flexible", "standard"]
+    raw["experiment"]["regimes"] = ["radam", "noam"]
+    params = Params.model_validate(raw)
+    assert [r.name for r in params.runs()] == [
+        "pose3d-flexible-radam",
+        "pose3d-flexible-noam",
+        "pose3d-standard-radam",
+        "pose3d-standard-noam",
+    ]
+    assert params.runs()[1] == Run("pose3d", "flexible", "noam")
+
+
+def test_run_by_name() -> None:
+    params = load_params(PARAMS_YAML)
+    assert params.run("pose3d-flexible-radam") == Run("pose3d", "flexible", "radam")
+
+
+def test_unknown_run_name_lists_valid_names() -> None:
+    params = load_params(PARAMS_YAML)
+    with pytest.raises(ParamsError, match="no run named 'pose3d-flexible-sgd'") as err:
+        params.run("pose3d-flexible-sgd")
+    for run in params.runs():
+        assert run.name in str(err.value)
+
+
+# --- malformed files ----------------------------------------------------------------------------------
+
+
+def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    """A mutation setting the dotted key ``path`` of the raw params to ``value``."""
+
+    def mutate(raw: dict[str, Any]) -> None:
+        *parents, last = path.split(".")
+        node = raw
+        for key in parents:
+            node = node[key]
+        node[last] = value
+
+    return mutate
+
+
+def _add_regime_to_matrix(raw: dict[str, Any]) -> None:
+    raw["experiment"]["regimes"].append("warmupless")
+
+
+# (mutation, substrings every one of which the message must contain)
+MALFORMED = {
+    "unknown top-level key": (_set("trian", {"pose3d": {"steps": 1}}), ["trian: unknown key"]),
+    "unknown nested key": (_set("model.pose3d.d_modle", 64), ["model.pose3d.d_modle: unknown key"]),
+    "wrong type": (_set("train.pose3d.steps", "many"), ["train.pose3d.steps:", "valid integer", "(got 'many')"]),
+    "zero head width": (
+        _set("model.pose3d.d_head_flexible", 0),
+        ["model.pose3d.d_head_flexible:", "greater than 0", "(got 0)"],
+    ),
+    "n_heads does not divide d_model": (
+        _set("model.pose3d", {"d_model": 60, "n_heads": 7}),
+        ["model.pose3d:", "n_heads (7)", "d_model (60)"],
+    ),
+    "unknown regime in matrix": (
+        _add_regime_to_matrix,
+        [
+            "experiment.regimes: unknown regime ['warmupless']",
+            f"defined under 'regimes:' are {sorted(raw_params()['regimes'])}",
+        ],
+    ),
+    "unknown norm": (
+        _set("regimes.noam.norm", "middle"),
+        ["regimes.noam.norm:", "'post', 'pre' or 'none'", "(got 'middle')"],
+    ),
+    "negative warmup": (
+        _set("regimes.preln.warmup", -5),
+        ["regimes.preln.warmup:", "greater than or equal to 0", "(got -5)"],
+    ),
+    "linear schedule without warmup": (
+        _set("regimes.preln.warmup", 0),
+        ["regimes.preln:", "schedule 'linear' needs warmup > 0"],
+    ),
+    "tfixup with post-LN": (_set("regimes.tfixup.norm", "post"), ["regimes.tfixup:", "set norm: none"]),
+    "even window": (_set("model.pose3d.window", 2), ["model.pose3d.window:", "must be odd", "(got 2)"]),
+    "beta of 1": (_set("regimes.radam.betas", [0.9, 1.0]), ["regimes.radam.betas.1:", "less than 1"]),
+}
+
+
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_malformed_params_name_key_and_allowed_values(tmp_path: Path, case: str) -> None:
+    mutate, expected = MALFORMED[case]
+    raw = raw_params()
+    mutate(raw)
+    path = write(tmp_path, raw)
+    with pytest.raises(ParamsError) as err:
+        load_params(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: invalid params")
+    for part in expected:
+        assert part in message
+    assert len(error_lines(message)) == 1, message  # the one mistake, no follow-on noise
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "nope.yaml"
+    with pytest.raises(ParamsError, match="file not found") as err:
+        load_params(path)
+    assert str(path) in str(err.value)
+
+
+def test_invalid_yaml(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text("seed: [0, 1\nmodel: {\n")
+    with pytest.raises(ParamsError, match="not valid YAML") as err:
+        load_params(path)
+    assert str(path) in str(err.value)
+
+
+@pytest.mark.parametrize(("text", "kind"), [("- seed\n- model\n", "list"), ("", "NoneType"), ("42\n", "int")])
+def test_top_level_not_a_mapping(tmp_path: Path, text: str, kind: str) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(ParamsError, match=f"expected a mapping of sections at the top level, got {kind}"):
+        load_params(path)
+
+
+def test_missing_regimes_section(tmp_path: Path) -> None:
+    raw = raw_params()
+    del raw["regimes"]
+    with pytest.raises(ParamsError, match="regimes: Field required"):
+        load_params(write(tmp_path, raw))
+
+
+# --- RunConfig ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def params() -> Params:
+    return load_params(PARAMS_YAML)
+
+
+def test_d_head_standard_is_none_flexible_is_configured(params: Params) -> None:
+    d_head_flexible = raw_params()["model"]["pose3d"]["d_head_flexible"]
+    assert params.run_config(Run("pose3d", "standard", "noam")).d_head is None
+    assert params.run_config(Run("pose3d", "flexible", "noam")).d_head == d_head_flexible
+
+
+def test_run_config_picks_the_regime_and_task_sections(params: Params) -> None:
+    config = params.run_config(Run("pose3d", "flexible", "radam"))
+    assert config.regime == params.regimes["radam"]
+    assert config.model == params.model.pose3d
+    assert config.train == params.train.pose3d
+    assert config.seed == params.seed
+
+
+def test_hash_is_stable(params: Params, tmp_path: Path) -> None:
+    run = Run("pose3d", "standard", "noam")
+    reloaded = load_params(write(tmp_path, raw_params()))
+    h = params.run_config(run).hash()
+    assert h == params.run_config(run).hash() == reloaded.run_config(run).hash()
+    assert len(h) == 12 and int(h, 16) >= 0
+    assert params_hash({"b": 1, "a": [2, 3]}) == params_hash({"a": [2, 3], "b": 1})  # key order is irrelevant
+
+
+def test_hash_changes_with_one_regime_value_only_for_that_regime(params: Params) -> None:
+    raw = raw_params()
+    raw["regimes"]["noam"]["warmup"] += 1
+    changed = Params.model_validate(raw)
+    noam, radam = Run("pose3d", "standard", "noam"), Run("pose3d", "standard", "radam")
+    assert changed.run_config(noam).hash() != params.run_config(noam).hash()
+    assert changed.run_config(radam).hash() == params.run_config(radam).hash()
+
+
+def test_hash_differs_between_cells(params: Params) -> None:
+    hashes = {params.run_config(run).hash() for run in params.runs()}
+    assert len(hashes) == len(params.runs())
+
+
+def test_flat_has_dotted_keys(params: Params) -> None:
+    config = params.run_config(Run("pose3d", "flexible", "noam"))
+    flat = config.flat()
+    raw = raw_params()
+    assert flat["task"] == "pose3d"
+    assert flat["attention"] == "flexible"
+    assert flat["regime_name"] == "noam"
+    assert flat["model.d_model"] == raw["model"]["pose3d"]["d_model"]
+    assert flat["model.window"] == raw["model"]["pose3d"]["window"]
+    assert flat["regime.warmup"] == raw["regimes"]["noam"]["warmup"]
+    assert flat["regime.betas"] == raw["regimes"]["noam"]["betas"]
+    assert flat["train.steps"] == raw["train"]["pose3d"]["steps"]
+    assert not any(isinstance(v, dict) for v in flat.values())
+    # every leaf of to_dict() appears exactly once under its dotted path
+    n_leaves = 4 + sum(len(config.to_dict()[section]) for section in ("regime", "model", "train"))
+    assert len(flat) == n_leaves
+
+
+def test_run_config_is_frozen(params: Params) -> None:
+    config = params.run_config(Run("pose3d", "standard", "noam"))
+    assert isinstance(config, RunConfig)
+    with pytest.raises(Exception):
+        config.seed = 1  # type: ignore[misc]

@@ -1,0 +1,56 @@
+"""MLflow tracking against a real local SQLite store, including many writers opening a new store at once."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+
+import pytest
+
+from flexheads.tracking import Tracker, ensure_experiments, tracking_uri
+
+pytest.importorskip("mlflow")
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+STEPS = 120
+
+
+def _train_like(uri: str, name: str) -> str:
+    tracker = Tracker.start(uri, "pose3d", name, tags={"task": "pose3d"}, params={"model.d_model": 64})
+    for start in range(1, STEPS + 1, 25):  # one batch per logging interval, as the training loop does
+        tracker.log_rows([{"step": s, "loss": 1.0 / s, "lr": 1e-3} for s in range(start, min(start + 25, STEPS + 1))])
+    tracker.finish()
+    return tracker.run_id
+
+
+def test_parallel_writers_on_a_new_sqlite_store_lose_nothing(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    names = [f"run-{i}" for i in range(4)]
+    with mp.get_context("spawn").Pool(len(names)) as pool:
+        run_ids = pool.starmap(_train_like, [(uri, n) for n in names])
+
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("pose3d")
+    runs = client.search_runs([experiment.experiment_id])
+    assert sorted(r.info.run_name for r in runs) == names
+    assert {r.info.run_id for r in runs} == set(run_ids)
+    for run_id in run_ids:
+        assert len(client.get_metric_history(run_id, "loss")) == STEPS
+        assert client.get_run(run_id).info.status == "FINISHED"
+    default = client.get_experiment_by_name("Default")
+    assert default is None or not client.search_runs([default.experiment_id])
+
+
+def test_experiments_are_created_once_with_local_artifacts(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    first = ensure_experiments(uri, ["pose3d", "report"])
+    assert ensure_experiments(uri, ["pose3d", "report"]) == first
+    location = MlflowClient(uri).get_experiment(first["pose3d"]).artifact_location
+    assert location == (tmp_path / "artifacts" / "pose3d").as_uri()
+
+
+def test_environment_overrides_params(monkeypatch, tmp_path):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking_uri("http://tracking:5000") == "http://tracking:5000"
+    assert tracking_uri(None).startswith("sqlite:///") and tracking_uri(None).endswith("mlruns/mlflow.db")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://other:5000")
+    assert tracking_uri("http://tracking:5000") == "http://other:5000"

@@ -1,0 +1,424 @@
+"""The training loop on a tiny CPU regression model: bit-identical reruns, resume == uninterrupted, atomic
+checkpoints, divergence handling, logging, per-step learning rates, gradient histograms and clipping."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from flexheads.config import Params, Run, RunConfig
+from flexheads.optim.schedules import lr_at
+from flexheads.train import (
+    CHECKPOINT,
+    GRAD_BINS,
+    TrainingDiverged,
+    TrainResult,
+    fit,
+    grad_histogram,
+    pick_device,
+    seed_everything,
+)
+
+PARAMS_YAML = Path(__file__).resolve().parents[1] / "params.yaml"
+CPU = torch.device("cpu")
+ADAM_EPS = 1e-8  # torch.optim.Adam's default, which build_optimizer keeps
+
+
+def make_config(regime: str = "preln", *, seed: int = 0, regime_updates: dict[str, Any] | None = None,
+                **train: Any) -> RunConfig:
+    """A validated RunConfig from the repo's params.yaml with a short run: 30 steps, checkpoints every 10."""
+    raw = yaml.safe_load(PARAMS_YAML.read_text())
+    raw["seed"] = seed
+    raw["regimes"]["preln"].update(lr=1e-2, warmup=5)  # warm up within the short run
+    raw["regimes"][regime].update(regime_updates or {})
+    raw["train"]["pose3d"].update(
+        {"steps": 30, "checkpoint_every": 10, "log_every": 5, "grad_snapshot_steps": [1, 2, 5, 40], **train}
+    )
+    return Params.model_validate(raw).run_config(Run("pose3d", "standard", regime))
+
+
+def tiny_model() -> nn.Module:
+    return nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Dropout(0.1), nn.Linear(16, 1))
+
+
+def batch_at(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The batch of a step: a pure function of the step."""
+    g = torch.Generator().manual_seed(step)
+    x = torch.randn(8, 4, generator=g)
+    y = x @ torch.tensor([[1.0], [-2.0], [0.5], [3.0]]) + 0.1 * torch.randn(8, 1, generator=g)
+    return x, y
+
+
+def loss_fn(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    x, y = batch
+    return nn.functional.mse_loss(model(x), y)
+
+
+class Recorder:
+    """A ``batch_at`` that records the steps it is asked for and can fail at one of them."""
+
+    def __init__(self, fail_at: int | None = None, exc: BaseException | None = None,
+                 batches: Callable[[int], Any] = batch_at) -> None:
+        self.steps: list[int] = []
+        self.fail_at, self.exc, self.batches = fail_at, exc, batches
+
+    def __call__(self, step: int) -> Any:
+        if step == self.fail_at:
+            raise self.exc or KeyboardInterrupt
+        self.steps.append(step)
+        return self.batches(step)
+
+
+def train(config: RunConfig, out_dir: Path, batches: Callable[[int], Any] = batch_at,
+          **kwargs: Any) -> tuple[nn.Module, TrainResult]:
+    """What the train stage does: seed, build the model, fit."""
+    seed_everything(config.seed)
+    model = tiny_model()
+    result = fit(model, loss_fn, batches, config, out_dir, device=CPU, progress=False, **kwargs)
+    return model, result
+
+
+def weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def assert_same_weights(a: nn.Module, b: nn.Module) -> None:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        assert torch.equal(wa[key], wb[key]), key
+
+
+def load_checkpoint(out_dir: Path) -> dict[str, Any]:
+    return torch.load(out_dir / CHECKPOINT, weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[nn.Module, TrainResult]]:
+    """Reference runs of the default short config, per regime, trained once for the module."""
+    runs = {}
+    for regime in ("preln", "radam", "noam"):
+        runs[regime] = train(make_config(regime), tmp_path_factory.mktemp(f"ref-{regime}"))
+    return runs
+
+
+# --- determinism and resume ---------------------------------------------------------------------------
+
+
+def test_history_rows(uninterrupted: dict[str, tuple[nn.Module, TrainResult]]) -> None:
+    _, result = uninterrupted["preln"]
+    assert result.steps == 30
+    assert [row["step"] for row in result.history] == list(range(1, 31))
+    assert all(set(row) == {"step", "loss", "lr", "grad_norm"} for row in result.history)
+    assert all(math.isfinite(row["loss"]) and row["grad_norm"] > 0 for row in result.history)
+    assert result.final_loss == result.history[-1]["loss"]
+    assert result.history[-1]["loss"] < result.history[0]["loss"]  # it does learn
+
+
+def test_same_config_twice_is_bit_identical(tmp_path: Path,
+                                            uninterrupted: dict[str, tuple[nn.Module, TrainResult]]) -> None:
+    ref_model, ref = uninterrupted["preln"]
+    model, result = train(make_config(), tmp_path)
+    assert result.history == ref.history  # floats compared with ==
+    assert result.grad_histograms == ref.grad_histograms
+    assert_same_weights(model, ref_model)
+
+
+def test_another_seed_gives_another_run(tmp_path: Path,
+                                        uninterrupted: dict[str, tuple[nn.Module, TrainResult]]) -> None:
+    """Control for the bit-identity tests: they compare something that can differ."""
+    _, ref = uninterrupted["preln"]
+    _, result = train(make_config(seed=1), tmp_path)
+    assert [r["loss"] for r in result.history] != [r["loss"] for r in ref.history]
+
+
+@pytest.mark.parametrize("regime", ["preln", "radam", "noam"])
+def test_resume_after_interruption_reproduces_the_uninterrupted_run(
+    tmp_path: Path, regime: str, uninterrupted: dict[str, tuple[nn.Module, TrainResult]]
+) -> None:
+    ref_model, ref = uninterrupted[regime]
+    config = make_config(regime)
+
+    interrupted = Recorder(fail_at=17)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path, interrupted)
+    assert interrupted.steps == list(range(1, 17))
+    assert load_checkpoint(tmp_path)["step"] == 10
+
+    resumed = Recorder()
+    model, result = train(config, tmp_path, resumed)
+    assert resumed.steps == list(range(11, 31))  # it resumed rather than restarted
+    assert result.history == ref.history
+    assert result.grad_histograms == ref.grad_histograms
+    assert_same_weights(model, ref_model)
+
+
+def test_resume_without_rng_restore_would_differ(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 uninterrupted: dict[str, tuple[nn.Module, TrainResult]]) -> None:
+    """Control: with dropout in the model, the resume test above depends on the restored RNG state."""
+    _, ref = uninterrupted["preln"]
+    config = make_config()
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path, Recorder(fail_at=17))
+    monkeypatch.setattr(torch, "set_rng_state", lambda state: None)
+    _, result = train(config, tmp_path)
+    assert result.history[:10] == ref.history[:10]
+    assert [r["loss"] for r in result.history[10:]] != [r["loss"] for r in ref.history[10:]]
+
+
+def test_rerun_of_a_finished_run_trains_nothing(tmp_path: Path) -> None:
+    config = make_config(steps=23)  # not a multiple of checkpoint_every: the last step is checkpointed anyway
+    ref_model, ref = train(config, tmp_path)
+    assert load_checkpoint(tmp_path)["step"] == 23
+    again = Recorder()
+    model, result = train(config, tmp_path, again)
+    assert again.steps == []
+    assert result.history == ref.history
+    assert_same_weights(model, ref_model)
+
+
+def test_checkpoint_of_another_config_is_ignored(tmp_path: Path) -> None:
+    with pytest.raises(KeyboardInterrupt):
+        train(make_config(), tmp_path, Recorder(fail_at=12))
+    assert load_checkpoint(tmp_path)["step"] == 10
+
+    other = make_config(regime_updates={"lr": 5e-3})
+    recorder = Recorder()
+    with pytest.warns(UserWarning, match="written by another config; starting from step 0"):
+        model, result = train(other, tmp_path, recorder)
+    assert recorder.steps == list(range(1, 31))
+    fresh_model, fresh = train(other, tmp_path / "fresh")
+    assert result.history == fresh.history
+    assert_same_weights(model, fresh_model)
+    assert load_checkpoint(tmp_path)["config_hash"] == other.hash()
+
+
+# --- checkpoints --------------------------------------------------------------------------------------
+
+
+def test_checkpoint_contents(tmp_path: Path, uninterrupted: dict[str, tuple[nn.Module, TrainResult]]) -> None:
+    ref_model, ref = uninterrupted["preln"]
+    config = make_config()
+    train(config, tmp_path)
+    payload = load_checkpoint(tmp_path)  # weights_only=True: nothing but tensors and plain containers
+    assert payload["step"] == 30
+    assert payload["config_hash"] == config.hash()
+    assert payload["history"] == ref.history
+    model = tiny_model()
+    model.load_state_dict(payload["model"])
+    assert_same_weights(model, ref_model)
+
+
+def test_checkpoints_leave_no_temporary_files(tmp_path: Path) -> None:
+    with pytest.raises(KeyboardInterrupt):
+        train(make_config(), tmp_path, Recorder(fail_at=25))
+    assert os.listdir(tmp_path) == [CHECKPOINT]
+    train(make_config(), tmp_path)
+    assert os.listdir(tmp_path) == [CHECKPOINT]
+
+
+def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    real_save = torch.save
+    calls = []
+
+    def save_then_crash(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
+        calls.append(f)
+        if len(calls) == 1:
+            return real_save(obj, f, *args, **kwargs)
+        Path(f).write_bytes(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", save_then_crash)
+    with pytest.raises(OSError, match="disk full"):
+        train(make_config(), tmp_path)
+    assert len(calls) == 2 and all(Path(f) != tmp_path / CHECKPOINT for f in calls)  # written beside, renamed
+    assert os.listdir(tmp_path) == [CHECKPOINT]
+    assert load_checkpoint(tmp_path)["step"] == 10
+
+
+# --- divergence ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_non_finite_loss_raises_and_keeps_the_last_good_checkpoint(tmp_path: Path, bad: float) -> None:
+    def poisoned(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = batch_at(step)
+        return (x, torch.full_like(y, bad)) if step == 23 else (x, y)
+
+    config = make_config()
+    logged: list[list[dict[str, float]]] = []
+    with pytest.raises(TrainingDiverged) as err:
+        train(config, tmp_path, poisoned, log=logged.append)
+    message = str(err.value)
+    assert "at step 23" in message
+    assert "last good checkpoint (step 20)" in message
+    assert str(tmp_path / CHECKPOINT) in message
+    assert config.run.name in message
+
+    payload = load_checkpoint(tmp_path)
+    assert payload["step"] == 20
+    assert [row["step"] for row in payload["history"]] == list(range(1, 21))
+    tiny_model().load_state_dict(payload["model"])
+    # the rows of the steps before the divergence reach the log too
+    assert [row["step"] for rows in logged for row in rows] == list(range(1, 23))
+    assert [row["step"] for row in logged[-1]] == [21, 22]
+
+
+# --- logging ------------------------------------------------------------------------------------------
+
+
+def test_log_gets_every_step_once_in_batches_of_log_every(tmp_path: Path) -> None:
+    logged: list[list[dict[str, float]]] = []
+    _, result = train(make_config(steps=23), tmp_path, log=logged.append)
+    assert [[row["step"] for row in rows] for rows in logged] == [
+        [1, 2, 3, 4, 5],
+        [6, 7, 8, 9, 10],
+        [11, 12, 13, 14, 15],
+        [16, 17, 18, 19, 20],
+        [21, 22, 23],  # the remainder at the end
+    ]
+    assert [row for rows in logged for row in rows] == result.history
+
+
+def test_log_after_resume_misses_no_step(tmp_path: Path) -> None:
+    """Checkpoint every 10, log every 4, stopped at 11: steps 9 and 10 were checkpointed but never logged."""
+    config = make_config(log_every=4)
+    first: list[list[dict[str, float]]] = []
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path, Recorder(fail_at=11), log=first.append)
+    assert [row["step"] for rows in first for row in rows] == list(range(1, 9))
+
+    second: list[list[dict[str, float]]] = []
+    _, result = train(config, tmp_path, log=second.append)
+    assert [[row["step"] for row in rows] for rows in second][0] == [9, 10, 11, 12]
+    assert [row["step"] for rows in second for row in rows] == list(range(9, 31))
+    assert [row for rows in first + second for row in rows] == result.history
+
+
+# --- learning rate, gradients -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("regime", "expected"),
+    [
+        # linear warmup, lr 1e-2 over 5 steps, then flat
+        ("preln", {1: 2e-3, 2: 4e-3, 3: 6e-3, 4: 8e-3, 5: 1e-2, 6: 1e-2, 30: 1e-2}),
+        # Noam with lr 1.0, d_model 64, warmup 200: 64^-0.5 * t * 200^-1.5
+        ("noam", {1: 1 / 8 * 200**-1.5, 30: 1 / 8 * 30 * 200**-1.5}),
+        # untuned linear, beta2 0.99: tau = 200
+        ("linear_untuned", {1: 1e-3 / 200, 20: 1e-3 * 0.1}),
+        # untuned exponential, beta2 0.99: 1 - exp(-0.01 t)
+        ("exponential_untuned", {1: 1e-3 * (1 - math.exp(-0.01)), 30: 1e-3 * (1 - math.exp(-0.3))}),
+        ("radam", {1: 1e-3, 30: 1e-3}),
+    ],
+)
+def test_lr_per_step_follows_the_schedule(tmp_path: Path, regime: str, expected: dict[int, float]) -> None:
+    pinned = {  # the values the expected rates above were computed with, whatever params.yaml says today
+        "noam": {"lr": 1.0, "warmup": 200},
+        "linear_untuned": {"lr": 1e-3, "betas": [0.9, 0.99]},
+        "exponential_untuned": {"lr": 1e-3, "betas": [0.9, 0.99]},
+        "radam": {"lr": 1e-3},
+    }
+    config = make_config(regime, regime_updates=pinned.get(regime))
+    _, result = train(config, tmp_path)
+    lrs = {row["step"]: row["lr"] for row in result.history}
+    for step, lr in expected.items():
+        assert lrs[step] == pytest.approx(lr, rel=1e-9), step
+    r = config.regime
+    schedule = lr_at(r.schedule, lr=r.lr, warmup=r.warmup, beta2=r.betas[1], d_model=config.model.d_model)
+    assert all(row["lr"] == schedule(row["step"]) for row in result.history)
+
+
+def max_first_step_change(tmp_path: Path, **train_settings: Any) -> tuple[float, TrainResult]:
+    """The largest |change| of any weight after one Adam step of the preln regime (lr at step 1: 2e-3)."""
+    seed_everything(0)
+    start = weights(tiny_model())
+    model, result = train(make_config(steps=1, **train_settings), tmp_path)
+    change = max((weights(model)[k] - start[k]).abs().max().item() for k in start)
+    return change, result
+
+
+def test_optimizer_uses_the_scheduled_lr(tmp_path: Path) -> None:
+    """Adam's first step moves a weight by lr * |g| / (|g| + eps) ~ lr: the scheduled 2e-3, not the base 1e-2."""
+    change, _ = max_first_step_change(tmp_path, grad_clip=0.0)
+    assert change == pytest.approx(2e-3, rel=1e-3)
+
+
+def test_grad_clip_bounds_the_update(tmp_path: Path) -> None:
+    """Clipped to a global norm of 1e-10, every |g| <= 1e-10 and Adam's first step is <= lr * 1e-10 / (1e-10 + eps)."""
+    clip, lr = 1e-10, 2e-3
+    unclipped, free = max_first_step_change(tmp_path / "free", grad_clip=0.0)
+    clipped, result = max_first_step_change(tmp_path / "clipped", grad_clip=clip)
+    assert clipped <= lr * clip / (clip + ADAM_EPS) * (1 + 1e-3)
+    assert clipped < unclipped / 50
+    # the recorded norm is the pre-clip norm, the same as without clipping
+    assert result.history[0]["grad_norm"] == free.history[0]["grad_norm"] > clip
+
+
+def test_grad_clip_zero_disables_clipping(tmp_path: Path) -> None:
+    model_off, off = train(make_config(grad_clip=0.0), tmp_path / "off")
+    model_huge, huge = train(make_config(grad_clip=1e9), tmp_path / "huge")
+    assert off.history == huge.history
+    assert_same_weights(model_off, model_huge)
+
+
+def test_grad_histograms_at_snapshot_steps(tmp_path: Path) -> None:
+    """Snapshots exactly at the configured steps <= steps; counts sum to the non-zero gradient entries."""
+    nonzero: dict[int, int] = {}
+    current = [0]
+
+    def batches(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        current[0] = step
+        x, y = batch_at(step)
+        x[:, 3] = 0.0  # the 16 weights reading input 3 get an exactly-zero gradient
+        return x, y
+
+    seed_everything(0)
+    model = tiny_model()
+    for p in model.parameters():
+        p.register_hook(lambda g: nonzero.__setitem__(current[0], nonzero.get(current[0], 0) + int((g != 0).sum())))
+    config = make_config(grad_snapshot_steps=[1, 2, 5, 30, 40])
+    result = fit(model, loss_fn, batches, config, tmp_path, device=CPU, progress=False)
+
+    assert sorted(result.grad_histograms) == [1, 2, 5, 30]
+    n_params = sum(p.numel() for p in model.parameters())
+    assert n_params == 4 * 16 + 16 + 16 + 1
+    for step, counts in result.grad_histograms.items():
+        assert len(counts) == len(GRAD_BINS) - 1
+        assert sum(counts) == nonzero[step]
+        assert 0 < sum(counts) <= n_params - 16
+
+
+def test_grad_histogram_bins_by_hand() -> None:
+    layer = nn.Linear(6, 1, bias=False)
+    layer.weight.grad = torch.tensor([[10**-2.9, -(10**-2.9), 0.0, 1e-20, 1e3, 10**-11.9]])
+    counts = grad_histogram(layer)
+    # edges -12, -11.8, ..., 2 (0.2 apart): log10 = -2.9 is bin (−2.9 + 12) / 0.2 = 45.5 -> 45; zeros dropped;
+    # 1e-20 and 1e3 are clamped into the first and last bins; -11.9 is bin 0 as well
+    expected = [0] * 70
+    expected[45], expected[0], expected[69] = 2, 2, 1
+    assert counts == expected
+
+
+# --- devices and seeds --------------------------------------------------------------------------------
+
+
+def test_pick_device() -> None:
+    assert pick_device("cpu") == torch.device("cpu")
+    assert pick_device("auto") == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_seed_everything_repeats_draws() -> None:
+    seed_everything(3)
+    a = torch.rand(5)
+    seed_everything(3)
+    assert torch.equal(torch.rand(5), a)
+    assert torch.are_deterministic_algorithms_enabled()
