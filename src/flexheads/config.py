@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-TASKS = ("pose3d",)
+TASKS = ("pose3d", "pose2d")
 ATTENTIONS = ("standard", "flexible")
 REGIMES = ("noam", "linear_untuned", "exponential_untuned", "radam", "tfixup", "preln")
 BASELINES = ("martinez_mlp",)
@@ -113,12 +113,24 @@ class Pose3DTrain(TrainSettings):
     stride: PositiveInt = 1  # train on every stride-th frame (Human3.6M runs at 50 fps)
 
 
+class Pose2DModel(ModelSettings):
+    backbone: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"
+    pretrained: bool = False  # ImageNet weights (downloaded by torchvision; needs a network)
+    input_size: tuple[PositiveInt, PositiveInt] = (128, 96)  # crop height, width (COCO's 4:3 person aspect)
+
+
+class Pose2DTrain(TrainSettings):
+    flip_test: bool = True  # average the prediction of the crop and of its mirror image at evaluation
+
+
 class Models(_Section):
     pose3d: Pose3DModel = Pose3DModel()
+    pose2d: Pose2DModel = Pose2DModel()
 
 
 class Trainings(_Section):
     pose3d: Pose3DTrain = Pose3DTrain()
+    pose2d: Pose2DTrain = Pose2DTrain()
 
 
 class SyntheticPose3D(_Section):
@@ -140,14 +152,33 @@ class Pose3DData(_Section):
     synthetic: SyntheticPose3D = SyntheticPose3D()
 
 
+class SyntheticPose2D(_Section):
+    """Size of the rendered synthetic COCO written by the pose2d ``download`` stage."""
+
+    n_train_images: PositiveInt = 400
+    n_val_images: PositiveInt = 100
+    image_size: tuple[PositiveInt, PositiveInt] = (320, 240)  # width, height
+    max_people: PositiveInt = 3
+    seed: NonNegativeInt = 0
+
+
+class Pose2DData(_Section):
+    """Where pose2d data comes from: rendered people (default) or COCO 2017 person keypoints."""
+
+    source: Literal["synthetic", "coco"] = "synthetic"
+    coco_dir: str = "data/external/coco"  # download cache of the official archives (source: coco)
+    synthetic: SyntheticPose2D = SyntheticPose2D()
+
+
 class DataSettings(_Section):
     pose3d: Pose3DData = Pose3DData()
+    pose2d: Pose2DData = Pose2DData()
 
 
 class Experiment(_Section):
     """The matrix: one train/evaluate run per task × attention × regime."""
 
-    tasks: tuple[Literal[TASKS], ...] = TASKS  # type: ignore[valid-type]
+    tasks: tuple[Literal[TASKS], ...] = ("pose3d",)  # type: ignore[valid-type]
     attention: tuple[Literal[ATTENTIONS], ...] = ATTENTIONS  # type: ignore[valid-type]
     regimes: tuple[str, ...] = REGIMES
 

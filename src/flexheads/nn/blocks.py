@@ -144,8 +144,10 @@ def make_final_norm(norm: str, d_model: int) -> nn.Module:
     return nn.LayerNorm(d_model) if norm == "pre" else nn.Identity()
 
 
-class TransformerEncoder(nn.Module):
-    """A stack of ``n_layers`` :class:`EncoderLayer` s and ``final_norm``; arguments as :class:`EncoderLayer`."""
+class _LayerStack(nn.Module):
+    """``n_layers`` copies of ``layer_class`` and ``final_norm``; arguments as :class:`EncoderLayer`."""
+
+    layer_class: type[nn.Module]
 
     def __init__(
         self,
@@ -162,9 +164,15 @@ class TransformerEncoder(nn.Module):
         if n_layers <= 0:
             raise ValueError(f"n_layers must be positive, got {n_layers}")
         self.layers = nn.ModuleList(
-            EncoderLayer(d_model, n_heads, d_head, d_ff, dropout, activation, norm) for _ in range(n_layers)
+            self.layer_class(d_model, n_heads, d_head, d_ff, dropout, activation, norm) for _ in range(n_layers)
         )
         self.final_norm = make_final_norm(norm, d_model)
+
+
+class TransformerEncoder(_LayerStack):
+    """A stack of :class:`EncoderLayer` s and ``final_norm``."""
+
+    layer_class = EncoderLayer
 
     def forward(
         self,
@@ -181,27 +189,10 @@ class TransformerEncoder(nn.Module):
         return self.final_norm(x), (all_weights if need_weights else None)
 
 
-class TransformerDecoder(nn.Module):
-    """A stack of ``n_layers`` :class:`DecoderLayer` s and ``final_norm``; arguments as :class:`EncoderLayer`."""
+class TransformerDecoder(_LayerStack):
+    """A stack of :class:`DecoderLayer` s and ``final_norm``."""
 
-    def __init__(
-        self,
-        n_layers: int,
-        d_model: int,
-        n_heads: int,
-        d_head: int | None = None,
-        d_ff: int | None = None,
-        dropout: float = 0.0,
-        activation: str = "relu",
-        norm: str = "post",
-    ) -> None:
-        super().__init__()
-        if n_layers <= 0:
-            raise ValueError(f"n_layers must be positive, got {n_layers}")
-        self.layers = nn.ModuleList(
-            DecoderLayer(d_model, n_heads, d_head, d_ff, dropout, activation, norm) for _ in range(n_layers)
-        )
-        self.final_norm = make_final_norm(norm, d_model)
+    layer_class = DecoderLayer
 
     def forward(
         self,

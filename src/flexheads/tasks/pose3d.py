@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from flexheads.config import Pose3DData, RunConfig
 from flexheads.data import h36m, synthetic_h36m
@@ -98,7 +99,7 @@ def prepare(data: Pose3DData, raw_dir: Path, out_h5: Path, stats_json: Path) -> 
         chunk = 0
         for split, subjects in SPLITS.items():
             writer = _RowWriter(h5.create_group(split))
-            for subject in subjects:
+            for subject in tqdm(subjects, desc=f"prepare {split}", unit="subject", disable=None):
                 for sequence in sorted(positions_3d[subject]):
                     world = h36m.select_joints(positions_3d[subject][sequence])  # (T, 17, 3)
                     for c, camera in enumerate(h36m.cameras(subject)):
@@ -273,14 +274,13 @@ def evaluate(model: nn.Module, h5_path: Path, stats: dict[str, Any], batch_size:
     pred = predict(model, test, batch_size, device) * 1000.0
     gt = test.pose_3d.astype(np.float64) * 1000.0
 
-    per_action = pd.DataFrame(
-        [
-            {"action": action, "mpjpe": metrics.mpjpe(pred[rows], gt[rows]),
-             "p_mpjpe": metrics.p_mpjpe(pred[rows], gt[rows]), "frames": int(rows.sum())}
-            for action in np.unique(test.action)
-            for rows in [test.action == action]
-        ]
-    )
+    rows_of = {action: test.action == action for action in np.unique(test.action)}
+    per_action = pd.DataFrame({
+        "action": list(rows_of),
+        "mpjpe": [metrics.mpjpe(pred[rows], gt[rows]) for rows in rows_of.values()],
+        "p_mpjpe": [metrics.p_mpjpe(pred[rows], gt[rows]) for rows in rows_of.values()],
+        "frames": [int(rows.sum()) for rows in rows_of.values()],
+    })
     mean_pose = np.asarray(stats["splits"]["train"]["pose_3d_mean"]) * 1000.0
     chunks = [rows for c in np.unique(test.chunk) if len(rows := np.flatnonzero(test.chunk == c)) > 1]
     velocity_errors = [metrics.mpjve(pred[rows], gt[rows]) for rows in chunks]

@@ -1,0 +1,314 @@
+"""Downloads against a local HTTP server (Range support written here), and archive extraction that cannot escape."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import tarfile
+import threading
+import zipfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from flexheads.data.download import (
+    ChecksumError,
+    DownloadError,
+    UnsafeArchiveError,
+    download_file,
+    file_digest,
+    safe_extract,
+)
+
+PAYLOAD = bytes(range(256)) * 40 + b"tail"  # 10 KiB: several chunks at chunk_size=1024
+FAST = {"chunk_size": 1024, "timeout": 5, "backoff": 0.0, "progress": False}
+
+
+@contextmanager
+def serve(
+    files: Mapping[str, bytes], *, ignore_range: bool = False, fail_first: int = 0, truncate_first: bool = False,
+    lifetime_s: float = 30.0,
+) -> Iterator[SimpleNamespace]:
+    """Serve ``files`` (URL path → bytes) on 127.0.0.1 until the block ends, or ``lifetime_s`` at the latest.
+
+    ``requests`` records ``(path, Range header)`` per request. ``ignore_range`` answers 200 to Range requests;
+    ``fail_first`` answers that many requests with 503; ``truncate_first`` sends half of the first body and hangs up.
+    """
+    state = SimpleNamespace(requests=[], fail=fail_first, truncate=truncate_first)
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:  # keep test output clean
+            pass
+
+        def do_GET(self) -> None:
+            state.requests.append((self.path, self.headers.get("Range")))
+            body = files.get(self.path)
+            if body is None:
+                self.send_error(404)
+                return
+            if state.fail > 0:
+                state.fail -= 1
+                self.send_error(503)
+                return
+            status, start, end = 200, 0, len(body) - 1
+            match = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range") or "")
+            if match and not ignore_range:
+                start = int(match.group(1))
+                end = min(int(match.group(2) or end), end)
+                if start >= len(body):
+                    self.send_response(416)
+                    self.send_header("Content-Range", f"bytes */{len(body)}")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                status = 206
+            chunk = body[start : end + 1]
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(chunk)))
+            self.send_header("Accept-Ranges", "bytes")
+            if status == 206:
+                self.send_header("Content-Range", f"bytes {start}-{end}/{len(body)}")
+            self.end_headers()
+            if state.truncate:
+                state.truncate = False
+                chunk = chunk[: len(chunk) // 2]
+            self.wfile.write(chunk)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    watchdog = threading.Timer(lifetime_s, server.shutdown)
+    watchdog.daemon = True
+    thread.start()
+    watchdog.start()
+    try:
+        yield SimpleNamespace(url=f"http://127.0.0.1:{server.server_address[1]}", requests=state.requests)
+    finally:
+        watchdog.cancel()
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# --- download -------------------------------------------------------------------------------------------------
+
+
+def test_full_download_is_verified_and_not_repeated(tmp_path: Path) -> None:
+    dest = tmp_path / "sub" / "file.bin"
+    with serve({"/file.bin": PAYLOAD}) as server:
+        url = f"{server.url}/file.bin"
+        checks = {"sha256": _sha256(PAYLOAD), "md5": hashlib.md5(PAYLOAD).hexdigest(), "size": len(PAYLOAD)}
+        assert download_file(url, dest, **checks, **FAST) == dest
+        assert dest.read_bytes() == PAYLOAD and not dest.with_name("file.bin.part").exists()
+        assert server.requests == [("/file.bin", None)]
+        download_file(url, dest, **checks, **FAST)  # present with the right checksum: no request
+        assert len(server.requests) == 1
+
+
+def test_present_file_with_wrong_checksum_is_replaced(tmp_path: Path) -> None:
+    dest = tmp_path / "file.bin"
+    dest.write_bytes(b"stale")
+    with serve({"/file.bin": PAYLOAD}) as server:
+        download_file(f"{server.url}/file.bin", dest, sha256=_sha256(PAYLOAD), **FAST)
+    assert dest.read_bytes() == PAYLOAD
+
+
+def test_partial_file_is_resumed_with_range(tmp_path: Path) -> None:
+    dest = tmp_path / "file.bin"
+    half = len(PAYLOAD) // 2
+    dest.with_name("file.bin.part").write_bytes(PAYLOAD[:half])
+    with serve({"/file.bin": PAYLOAD}) as server:
+        download_file(f"{server.url}/file.bin", dest, sha256=_sha256(PAYLOAD), **FAST)
+        assert server.requests == [("/file.bin", f"bytes={half}-")]
+    assert dest.read_bytes() == PAYLOAD
+
+
+def test_resumed_part_that_fails_the_checksum_is_downloaded_afresh(tmp_path: Path) -> None:
+    dest = tmp_path / "file.bin"
+    dest.with_name("file.bin.part").write_bytes(b"x" * 100)  # not a prefix of the file (e.g. it changed remotely)
+    with serve({"/file.bin": PAYLOAD}) as server:
+        download_file(f"{server.url}/file.bin", dest, sha256=_sha256(PAYLOAD), **FAST)
+        assert server.requests == [("/file.bin", "bytes=100-"), ("/file.bin", None)]
+    assert dest.read_bytes() == PAYLOAD
+
+
+def test_server_ignoring_range_restarts_from_zero(tmp_path: Path) -> None:
+    dest = tmp_path / "file.bin"
+    dest.with_name("file.bin.part").write_bytes(PAYLOAD[:1000])
+    with serve({"/file.bin": PAYLOAD}, ignore_range=True) as server:
+        download_file(f"{server.url}/file.bin", dest, sha256=_sha256(PAYLOAD), **FAST)
+        assert server.requests == [("/file.bin", "bytes=1000-")]
+    assert dest.read_bytes() == PAYLOAD
+
+
+def test_complete_part_answered_416_is_kept(tmp_path: Path) -> None:
+    dest = tmp_path / "file.bin"
+    dest.with_name("file.bin.part").write_bytes(PAYLOAD)
+    with serve({"/file.bin": PAYLOAD}) as server:
+        download_file(f"{server.url}/file.bin", dest, sha256=_sha256(PAYLOAD), **FAST)  # no size: must ask
+        assert server.requests == [("/file.bin", f"bytes={len(PAYLOAD)}-")]
+    assert dest.read_bytes() == PAYLOAD
+
+
+def test_dropped_connection_is_resumed(tmp_path: Path) -> None:
+    dest = tmp_path / "file.bin"
+    with serve({"/file.bin": PAYLOAD}, truncate_first=True) as server:
+        download_file(f"{server.url}/file.bin", dest, size=len(PAYLOAD), sha256=_sha256(PAYLOAD), **FAST)
+        assert server.requests == [("/file.bin", None), ("/file.bin", f"bytes={len(PAYLOAD) // 2}-")]
+    assert dest.read_bytes() == PAYLOAD
+
+
+def test_server_errors_are_retried(tmp_path: Path) -> None:
+    dest = tmp_path / "file.bin"
+    with serve({"/file.bin": PAYLOAD}, fail_first=2) as server:
+        download_file(f"{server.url}/file.bin", dest, sha256=_sha256(PAYLOAD), retries=2, **FAST)
+        assert len(server.requests) == 3
+    assert dest.read_bytes() == PAYLOAD
+
+
+def test_retries_exhausted_raise_download_error(tmp_path: Path) -> None:
+    with serve({"/file.bin": PAYLOAD}, fail_first=10) as server:
+        url = f"{server.url}/file.bin"
+        with pytest.raises(DownloadError, match=re.escape(url)) as err:
+            download_file(url, tmp_path / "file.bin", retries=2, **FAST)
+        assert "3 attempts" in str(err.value) and len(server.requests) == 3
+
+
+def test_not_found_fails_at_once_naming_the_url(tmp_path: Path) -> None:
+    with serve({}) as server:
+        url = f"{server.url}/missing.zip"
+        with pytest.raises(DownloadError, match=re.escape(url) + ".*404"):
+            download_file(url, tmp_path / "missing.zip", retries=3, **FAST)
+        assert len(server.requests) == 1  # a 404 will not change: no retries
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_checksum_mismatch_removes_everything(tmp_path: Path) -> None:
+    dest = tmp_path / "file.bin"
+    wrong = "0" * 64
+    with serve({"/file.bin": PAYLOAD}) as server:
+        with pytest.raises(ChecksumError) as err:
+            download_file(f"{server.url}/file.bin", dest, sha256=wrong, **FAST)
+    message = str(err.value)
+    assert "file.bin" in message and wrong in message and _sha256(PAYLOAD) in message
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_size_mismatch_is_a_checksum_error(tmp_path: Path) -> None:
+    with serve({"/file.bin": PAYLOAD}) as server:
+        with pytest.raises(ChecksumError, match=f"expected {len(PAYLOAD) + 1} bytes, got {len(PAYLOAD)}"):
+            download_file(f"{server.url}/file.bin", tmp_path / "file.bin", size=len(PAYLOAD) + 1, **FAST)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_file_digest(tmp_path: Path) -> None:
+    path = tmp_path / "x"
+    path.write_bytes(PAYLOAD)
+    assert file_digest(path) == _sha256(PAYLOAD)
+    assert file_digest(path, "md5") == hashlib.md5(PAYLOAD).hexdigest()
+
+
+# --- extraction -----------------------------------------------------------------------------------------------
+
+
+def _zip(path: Path, members: Mapping[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(zipfile.ZipInfo(name), data)
+    return path
+
+
+def _tar(path: Path, members: list[tuple[str, bytes | None, str | None]]) -> Path:
+    """``members``: (name, data, None) files, (name, None, target) symlinks, (name, None, '=target') hard links."""
+    with tarfile.open(path, "w:gz") as tf:
+        for name, data, target in members:
+            info = tarfile.TarInfo(name)
+            if target is None:
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+            else:
+                info.type = tarfile.LNKTYPE if target.startswith("=") else tarfile.SYMTYPE
+                info.linkname = target.removeprefix("=")
+                tf.addfile(info)
+    return path
+
+
+def _no_leftovers(parent: Path) -> bool:
+    return not [p for p in parent.rglob("*") if ".extract-" in p.name]
+
+
+def test_zip_extracts_and_merges_into_existing_folder(tmp_path: Path) -> None:
+    archive = _zip(tmp_path / "a.zip", {"data/": b"", "data/one.txt": b"1", "data/sub/two.txt": b"2"})
+    dest = tmp_path / "out"
+    (dest / "data").mkdir(parents=True)
+    (dest / "data" / "kept.txt").write_text("kept")
+    files = safe_extract(archive, dest, progress=False)
+    assert files == [dest / "data/one.txt", dest / "data/sub/two.txt"]
+    assert [p.read_bytes() for p in files] == [b"1", b"2"] and (dest / "data/kept.txt").read_text() == "kept"
+    assert _no_leftovers(tmp_path)
+
+
+def test_tar_gz_extracts_with_inner_links_and_member_selection(tmp_path: Path) -> None:
+    archive = _tar(tmp_path / "a.tar.gz", [
+        ("images/a.png", b"A", None), ("images/b.png", b"B", None), ("notes.txt", b"N", None),
+        ("images/latest.png", None, "a.png"), ("images/copy.png", None, "=images/b.png"),
+    ])  # fmt: skip
+    dest = tmp_path / "out"
+    files = safe_extract(archive, dest, progress=False)
+    assert len(files) == 5 and (dest / "images/latest.png").read_bytes() == b"A"
+    assert (dest / "images/latest.png").is_symlink() and (dest / "images/copy.png").read_bytes() == b"B"
+    only = safe_extract(archive, tmp_path / "only", members=["images/b.png"], progress=False)
+    assert only == [tmp_path / "only/images/b.png"] and not (tmp_path / "only/notes.txt").exists()
+    with pytest.raises(ValueError, match="nope"):
+        safe_extract(archive, tmp_path / "none", members=["nope"], progress=False)
+    assert _no_leftovers(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "kind, members, bad",
+    [
+        ("zip", {"ok.txt": b"ok", "../evil.txt": b"x"}, "../evil.txt"),
+        ("zip", {"ok.txt": b"ok", "/tmp/flexheads-evil.txt": b"x"}, "/tmp/flexheads-evil.txt"),
+        ("zip", {"ok.txt": b"ok", "..\\evil.txt": b"x"}, "..\\evil.txt"),
+        ("tar", [("ok.txt", b"ok", None), ("passwd", None, "/etc/passwd")], "passwd"),
+        ("tar", [("ok.txt", b"ok", None), ("sub/up", None, "../../evil")], "sub/up"),
+        ("tar", [("ok.txt", b"ok", None), ("hard", None, "=../evil")], "hard"),
+        ("tar", [("ok.txt", b"ok", None), ("a/b/link", None, ".."), ("a/b/link/x", b"x", None)], "a/b/link/x"),
+        ("tar", [("ok.txt", b"ok", None), ("../evil.txt", b"x", None)], "../evil.txt"),
+        ("tar", [("ok.txt", b"ok", None), ("/tmp/flexheads-evil.txt", b"x", None)], "/tmp/flexheads-evil.txt"),
+    ],
+)
+def test_escaping_members_are_refused_before_writing(tmp_path: Path, kind: str, members, bad: str) -> None:
+    archive = _zip(tmp_path / "bad.zip", members) if kind == "zip" else _tar(tmp_path / "bad.tar.gz", members)
+    dest = tmp_path / "work" / "out"
+    with pytest.raises(UnsafeArchiveError, match=re.escape(archive.name) + ".*" + re.escape(repr(bad))):
+        safe_extract(archive, dest, progress=False)
+    assert not dest.exists() and not (tmp_path / "evil.txt").exists() and not (tmp_path / "work/evil.txt").exists()
+    assert not Path("/tmp/flexheads-evil.txt").exists() and _no_leftovers(tmp_path)
+
+
+def test_failed_extraction_leaves_no_half_folder(tmp_path: Path) -> None:
+    archive = _zip(tmp_path / "a.zip", {"data/one.txt": b"first", "data/two.txt": b"second member"})
+    raw = bytearray(archive.read_bytes())
+    at = raw.index(b"second member")
+    raw[at : at + 6] = b"SECOND"  # the CRC no longer matches: reading this member fails mid-extraction
+    archive.write_bytes(bytes(raw))
+    with pytest.raises(zipfile.BadZipFile):
+        safe_extract(archive, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out" / "data").exists() and _no_leftovers(tmp_path)
+
+
+def test_not_an_archive(tmp_path: Path) -> None:
+    path = tmp_path / "x.zip"
+    path.write_bytes(b"plain text")
+    with pytest.raises(ValueError, match="not a zip or tar"):
+        safe_extract(path, tmp_path / "out", progress=False)
