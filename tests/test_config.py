@@ -252,3 +252,11 @@ def test_run_config_is_frozen(params: Params) -> None:
     assert isinstance(config, RunConfig)
     with pytest.raises(Exception):
         config.seed = 1  # type: ignore[misc]
+
+
+def test_a_key_given_twice_is_an_error(tmp_path: Path) -> None:
+    text = PARAMS_YAML.read_text() + "\nseed: 3\n"
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(ParamsError, match=r"duplicate key 'seed'"):
+        load_params(path)

@@ -10,6 +10,7 @@ rule train:
         out="models/{run}",
     log:
         "logs/train/{run}.log",
+    threads: PARAMS.threads
     resources:
         gpu=GPUS_PER_TRAINING,
     conda:
@@ -32,6 +33,7 @@ rule evaluate:
         model_dir="models/{run}",
     log:
         "logs/evaluate/{run}.log",
+    threads: PARAMS.threads
     conda:
         ENV
     shell:

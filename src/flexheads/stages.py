@@ -26,7 +26,7 @@ from flexheads.config import Params, RunConfig
 from flexheads.io import atomic_path, write_json
 from flexheads.train import CHECKPOINT, GRAD_BINS, fit, pick_device, seed_everything
 
-TASK_MODULES = {"pose3d": "flexheads.tasks.pose3d"}
+TASK_MODULES = {"pose3d": "flexheads.tasks.pose3d", "pose2d": "flexheads.tasks.pose2d"}
 RUN_ID_FILE = "mlflow_run_id"
 
 
@@ -44,6 +44,7 @@ def train_run(params: Params, run_name: str, data_h5: Path, out_dir: Path, devic
     run = params.run(run_name)
     config = params.run_config(run)
     task = task_module(run.task)
+    torch.set_num_threads(params.threads)
     seed_everything(config.seed)
     model = task.build_model(config, data_h5)
     batch_at, loss_fn = task.training_batches(data_h5, config)
@@ -89,6 +90,7 @@ def evaluate_run(params: Params, run_name: str, data_h5: Path, stats_json: Path,
     """Evaluate a trained run on the test split: ``out_json`` (DVC metrics) + ``<out>.<table>.csv`` tables."""
     run = params.run(run_name)
     task = task_module(run.task)
+    torch.set_num_threads(params.threads)
     model = task.load_model(model_dir / "model.pt")
     trained = json.loads((model_dir / "train.json").read_text())
     headline, tables = task.evaluate(model, data_h5, json.loads(stats_json.read_text()),
