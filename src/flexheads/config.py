@@ -213,7 +213,7 @@ class Params(_Section):
     """The whole params.yaml."""
 
     seed: NonNegativeInt = 0
-    threads: PositiveInt = 2  # CPU threads per train/evaluate process: float sums depend on it, so it is a param
+    threads: PositiveInt = 1  # CPU threads per train/evaluate process: float sums depend on it, so it is a param
     experiment: Experiment = Experiment()
     regimes: dict[str, Regime]
     model: Models = Models()
