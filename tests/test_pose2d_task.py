@@ -1,0 +1,184 @@
+"""The pose2d stage workers on a tiny synthetic COCO: download → prepare → train → evaluate, and the coordinate
+chain image → crop → model → image that every pose2d number rests on."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from flexheads.config import Params
+from flexheads.data.coco import KEYPOINT_NAMES, CocoFormatError
+from flexheads.metrics.pose2d import coco_keypoint_ap, write_coco_results
+from flexheads.models.pose2d import KeypointTransformer, Pose2DConfig
+from flexheads.stages import evaluate_run, train_run
+from flexheads.tasks import pose2d
+
+REPO = Path(__file__).resolve().parents[1]
+CROP = (64, 48)  # H, W
+
+
+def tiny_params() -> Params:
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["experiment"].update(tasks=["pose2d"], regimes=["preln", "tfixup"])
+    raw["baselines"] = {}
+    raw["data"]["pose2d"] = {"source": "synthetic",
+                             "synthetic": {"n_train_images": 12, "n_val_images": 6, "image_size": [160, 120]}}
+    raw["model"]["pose2d"] = {"backbone": "resnet18", "input_size": list(CROP), "d_model": 32, "n_heads": 4,
+                              "d_head_flexible": 16, "n_layers": 1, "d_ff": 64, "dropout": 0.0}
+    raw["train"]["pose2d"] = {"steps": 4, "batch_size": 8, "checkpoint_every": 2, "log_every": 2,
+                              "grad_snapshot_steps": [1, 2], "eval_batch_size": 16}
+    raw["tracking"]["enabled"] = False
+    return Params.model_validate(raw)
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> tuple[Params, Path, Path, Path]:
+    root = tmp_path_factory.mktemp("pose2d")
+    params = tiny_params()
+    pose2d.download(params.data.pose2d, root / "raw")
+    pose2d.prepare(params.data.pose2d, root / "raw", root / "pose2d.h5", root / "pose2d.stats.json", crop_size=CROP)
+    return params, root / "raw", root / "pose2d.h5", root / "pose2d.stats.json"
+
+
+def test_prepare_writes_crops_and_labels_per_person(prepared):
+    _, raw, h5_path, stats_path = prepared
+    stats = json.loads(stats_path.read_text())
+    with h5py.File(h5_path) as h5:
+        for split, coco_split in pose2d.SPLITS.items():
+            g = h5[split]
+            annotations = raw / "annotations" / f"person_keypoints_{coco_split}.json"
+            n = len(json.loads(annotations.read_text())["annotations"])
+            shapes = {"images": (n, *CROP, 3), "keypoints": (n, 17, 2), "visible": (n, 17),
+                      "keypoints_image": (n, 17, 3), "affine": (n, 2, 3), "image_id": (n,), "bbox": (n, 4),
+                      "area": (n,)}  # fmt: skip
+            assert {name: g[name].shape for name in shapes} == shapes
+            assert g["images"].dtype == np.uint8 and g["visible"].dtype == bool
+            assert g["images"][:].std() > 10  # crops of people, not black
+            np.testing.assert_array_equal(g["visible"][:], g["keypoints_image"][..., 2] > 0)
+            assert stats["splits"][split]["rows"] == n
+            assert set(stats["splits"][split]["labelled_fraction"]) == set(KEYPOINT_NAMES)
+        gt = json.loads(h5["val"]["coco_gt_json"][:].tobytes())
+    assert gt == json.loads((raw / "annotations" / "person_keypoints_val2017.json").read_text())
+
+
+def test_crop_keypoints_map_back_to_image_pixels(prepared):
+    """Stored crop keypoints through the stored crop → image affine give the annotation back, sub-pixel."""
+    _, _, h5_path, _ = prepared
+    with h5py.File(h5_path) as h5:
+        g = h5["train"]
+        back = pose2d.apply_affine(g["affine"][:].astype(np.float64), g["keypoints"][:].astype(np.float64))
+        visible, keypoints = g["visible"][:], g["keypoints"][:]
+        error = np.abs(back - g["keypoints_image"][..., :2])[visible]
+    assert error.max() < 1e-3
+    inside = (keypoints >= 0).all(-1) & (keypoints < CROP[::-1]).all(-1)
+    assert inside[visible].all()  # the synthetic box holds every labelled keypoint, the padded crop too
+
+
+def test_crop_pixels_show_the_image_where_the_affine_points():
+    """On a ramp image (red = column, green = row) crop pixel (c, r) holds the image at affine @ (c + .5, r + .5)."""
+    width, height = 250, 200
+    cols, rows = np.meshgrid(np.arange(width), np.arange(height))
+    image = Image.fromarray(np.stack([cols, rows, np.zeros_like(cols)], -1).astype(np.uint8))
+    r, c = np.meshgrid(np.arange(CROP[0]) + 0.5, np.arange(CROP[1]) + 0.5, indexing="ij")
+    for bbox in ([30.3, 40.7, 60.2, 90.1], [10.5, 10.5, 6.0, 9.0], [60.0, 10.0, 140.0, 100.0]):  # shrink, zoom, wide
+        affine = pose2d.crop_affine(np.array(bbox), CROP)
+        crop = pose2d.crop_image(image, affine, CROP).astype(float)
+        x, y = np.moveaxis(pose2d.apply_affine(affine, np.stack([c, r], -1).reshape(-1, 2)).reshape(*CROP, 2), -1, 0)
+        reach = affine[0, 0] + 1  # the antialiasing filter's reach in image pixels
+        inside = (x > reach) & (x < width - reach) & (y > reach) & (y < height - reach)
+        outside = (x < -reach) | (x > width + reach) | (y < -reach) | (y > height + reach)
+        assert inside.mean() > 0.5
+        np.testing.assert_allclose(crop[inside][:, :2], np.stack([x, y], -1)[inside] - 0.5, atol=0.51)  # uint8
+        assert not crop[outside].any()  # black beyond the image
+
+
+def test_augmentation_moves_keypoints_with_the_pixels():
+    rng = np.random.default_rng(0)
+    images = np.zeros((16, *CROP, 3), np.uint8)
+    keypoints, visible = np.zeros((16, 17, 2)), np.zeros((16, 17), bool)
+    for b, (x, y) in enumerate(rng.integers(12, 36, (16, 2))):
+        images[b, y - 1 : y + 2, x - 1 : x + 2] = 255  # a 3×3 dot centred on the left wrist
+        keypoints[b, 9], visible[b, 9] = (x + 0.5, y + 0.5), True
+    warped, moved, moved_visible = pose2d.augment(rng, images, keypoints, visible)
+    rows, cols = np.mgrid[: CROP[0], : CROP[1]] + 0.5
+    for b, weight in enumerate(warped[:, 0].numpy()):
+        (joint,) = np.flatnonzero(moved_visible[b])  # 9, or 10 (right wrist) when mirrored
+        centroid = np.array([(weight * cols).sum(), (weight * rows).sum()]) / weight.sum()
+        np.testing.assert_allclose(moved[b, joint], centroid, atol=0.1)
+    assert 0 < (moved_visible[:, 10]).sum() < 16  # some mirrored, some not
+
+
+@pytest.mark.parametrize("norm, init, d_head", [("post", "xavier", None), ("pre", "xavier", 16),
+                                                ("none", "tfixup", 16)])
+def test_model_outputs_and_gradients(norm, init, d_head):
+    torch.manual_seed(0)
+    model = KeypointTransformer(Pose2DConfig(input_size=CROP, d_model=32, n_heads=4, d_head=d_head, n_layers=2,
+                                             d_ff=64, norm=norm, init=init))
+    coords, weights = model(torch.rand(2, 3, *CROP), need_weights=True)
+    assert coords.shape == (2, 17, 2) and ((coords > 0) & (coords < 1)).all()
+    assert [w.shape for w in weights] == [(2, 4, 17, 12)] * 2  # 4×3 tokens at stride 16
+    prediction = model.predict(torch.rand(2, 3, *CROP))
+    (prediction.coords.sum() + prediction.visibility_logits.sum()).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_train_and_evaluate_write_metrics(prepared, tmp_path):
+    params, _, h5_path, stats_path = prepared
+    run = "pose2d-flexible-tfixup"
+    summary = train_run(params, run, h5_path, tmp_path / run, device="cpu", progress=False)
+    assert summary["steps"] == 4 and np.isfinite(summary["final_loss"])
+    model = pose2d.load_model(tmp_path / run / "model.pt")
+    assert model.config.d_head == 16 and model.config.norm == "none" and model.config.flip_test
+    metrics = evaluate_run(params, run, h5_path, stats_path, tmp_path / run, tmp_path / f"{run}.json", device="cpu")
+    assert metrics["main_metric"] == "AP" and 0.0 <= metrics["AP"] <= 1.0
+    assert 0.0 <= metrics["mean_pose_ap"] <= 1.0 and 0.0 <= metrics["pckh50"] <= 1.0
+    per_joint = (tmp_path / f"{run}.per_joint.csv").read_text().splitlines()
+    assert len(per_joint) == 1 + 17
+    assert (tmp_path / f"{run}.per_limb.csv").exists()
+
+
+def test_ground_truth_through_the_crop_chain_scores_ap_one(prepared, tmp_path):
+    """Crop-pixel labels → stored affine → COCO results file → COCOeval against the stored gt json: AP = 1."""
+    _, _, h5_path, _ = prepared
+    with h5py.File(h5_path) as h5:
+        g = h5["val"]
+        image_pixels = pose2d.apply_affine(g["affine"][:].astype(np.float64), g["keypoints"][:].astype(np.float64))
+        (tmp_path / "gt.json").write_bytes(g["coco_gt_json"][:].tobytes())
+        write_coco_results(tmp_path / "results.json", g["image_id"][:], image_pixels, np.ones(len(image_pixels)))
+    stats = coco_keypoint_ap(tmp_path / "gt.json", tmp_path / "results.json")
+    assert stats["AP"] == pytest.approx(1.0) and stats["AR"] == pytest.approx(1.0)
+
+
+def test_corrupt_image_names_the_file(prepared, tmp_path):
+    params, raw, _, _ = prepared
+    shutil.copytree(raw, tmp_path / "raw")
+    victim = sorted((tmp_path / "raw" / "images" / "val2017").glob("*.jpg"))[0]
+    victim.write_bytes(victim.read_bytes()[:200])  # a truncated JPEG
+    with pytest.raises(CocoFormatError, match=victim.name):
+        pose2d.prepare(params.data.pose2d, tmp_path / "raw", tmp_path / "out.h5", tmp_path / "stats.json",
+                       crop_size=CROP)
+    assert not (tmp_path / "out.h5").exists()  # nothing half-written
+
+
+def test_coco_source_links_the_synthetic_layout(prepared, tmp_path, monkeypatch):
+    """source: coco links the unpacked archives (faked here: no network in tests) into the layout prepare reads."""
+    params, raw, _, _ = prepared
+    coco_dir = tmp_path / "coco"
+    for split in pose2d.SPLITS.values():  # the layout of the unpacked official archives
+        shutil.copytree(raw / "images" / split, coco_dir / split)
+    shutil.copytree(raw / "annotations", coco_dir / "annotations")
+    fetched = []
+    monkeypatch.setattr(pose2d, "download_coco", lambda root, files: fetched.append(files) or root)
+    data = params.data.pose2d.model_copy(update={"source": "coco", "coco_dir": str(coco_dir)})
+    files = pose2d.download(data, tmp_path / "raw")
+    assert fetched == [pose2d.COCO_ARCHIVES] and all(path.is_symlink() for path in files.values())
+    stats = pose2d.prepare(data, tmp_path / "raw", tmp_path / "coco.h5", tmp_path / "coco.json", crop_size=CROP)
+    assert stats["splits"]["val"]["rows"] == len(json.loads(files["val_annotations"].read_text())["annotations"])
