@@ -16,6 +16,7 @@ from typing import Any, Callable
 import typer
 
 from flexheads.config import ParamsError, load_params
+from flexheads.errors import DataError
 
 app = typer.Typer(help="flexheads: data → prepare → train → evaluate → report for the flexible-heads study.", no_args_is_help=True,
                   add_completion=False, pretty_exceptions_show_locals=False)
@@ -25,15 +26,14 @@ DeviceOption = typer.Option("auto", help="auto (CUDA when present), cpu or cuda.
 
 
 def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Report a user's mistake (params, missing/malformed data files) as a clear message and exit code 2."""
+    """Report a user's mistake or a data problem (params, missing/malformed/corrupt files, failed downloads) as a
+    clear message and exit code 2, not a traceback."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from flexheads.data.h36m import H36MFormatError
-
         try:
             return command(*args, **kwargs)
-        except (ParamsError, H36MFormatError, FileNotFoundError) as err:
+        except (ParamsError, DataError, FileNotFoundError) as err:
             typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
             raise typer.Exit(2) from None
 

@@ -24,6 +24,7 @@ import numpy as np
 from PIL import Image
 from pycocotools.coco import COCO
 
+from flexheads.errors import DataError
 from flexheads.data.download import RemoteFile, download_file, safe_extract
 from flexheads.io import write_json
 
@@ -73,7 +74,7 @@ COCO_FILES: dict[str, RemoteFile] = {
 }  # fmt: skip
 
 
-class CocoFormatError(ValueError):
+class CocoFormatError(DataError):
     """A COCO keypoint file or image does not match the format; the message names the file and the record."""
 
 

@@ -32,6 +32,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from flexheads.errors import DataError
+
 __all__ = [
     "ChecksumError",
     "DownloadError",
@@ -48,15 +50,15 @@ _RETRYABLE_CLIENT_ERRORS = (408, 429)
 _TRANSIENT_ERRORS = (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError)
 
 
-class DownloadError(RuntimeError):
+class DownloadError(DataError, RuntimeError):
     """A URL could not be fetched (HTTP error, or network errors that outlasted the retries)."""
 
 
-class ChecksumError(ValueError):
+class ChecksumError(DataError):
     """A downloaded file's size or digest differs from the expected one."""
 
 
-class UnsafeArchiveError(ValueError):
+class UnsafeArchiveError(DataError):
     """An archive member would be written outside the extraction folder (or is a device file)."""
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from flexheads.errors import DataError
 from flexheads.io import atomic_path
 
 __all__ = [
@@ -175,7 +176,7 @@ CAMERA_EXTRINSICS = {
 }  # fmt: skip
 
 
-class H36MFormatError(ValueError):
+class H36MFormatError(DataError):
     """A Human3.6M npz file is missing or does not match the VideoPose3D layout; the message says where and how."""
 
 
