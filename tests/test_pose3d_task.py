@@ -88,6 +88,7 @@ def test_cpu_training_is_bit_identical(prepared, tmp_path):
         results.append(evaluate_run(params, run, h5_path, stats_path, tmp_path / attempt, tmp_path / f"{attempt}.json",
                                     device="cpu"))
     assert results[0] == results[1]
+    assert (tmp_path / "a" / "model.pt").read_bytes() == (tmp_path / "b" / "model.pt").read_bytes()
 
 
 def test_missing_2d_file_names_the_file(prepared, tmp_path):

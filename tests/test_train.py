@@ -226,21 +226,22 @@ def test_checkpoints_leave_no_temporary_files(tmp_path: Path) -> None:
 
 def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    real_save = torch.save
-    calls = []
+    real_write = Path.write_bytes
+    written = []
 
-    def save_then_crash(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
-        calls.append(f)
-        if len(calls) == 1:
-            return real_save(obj, f, *args, **kwargs)
-        Path(f).write_bytes(b"half a checkpoint")
+    def write_then_crash(self: Path, data: Any) -> int:
+        written.append(self)
+        if len(written) == 1:
+            return real_write(self, data)
+        real_write(self, bytes(data)[:100])  # half a checkpoint reaches the disk, then the disk is full
         raise OSError("disk full")
 
-    monkeypatch.setattr(torch, "save", save_then_crash)
+    monkeypatch.setattr(Path, "write_bytes", write_then_crash)
     with pytest.raises(OSError, match="disk full"):
         train(make_config(), tmp_path)
-    assert len(calls) == 2 and all(Path(f) != tmp_path / CHECKPOINT for f in calls)  # written beside, renamed
+    assert len(written) == 2 and all(p != tmp_path / CHECKPOINT for p in written)  # written beside, renamed
     assert os.listdir(tmp_path) == [CHECKPOINT]
+    monkeypatch.undo()
     assert load_checkpoint(tmp_path)["step"] == 10
 
 

@@ -6,6 +6,7 @@ Snakemake would trust.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -46,3 +47,15 @@ def write_text(path: str | Path, text: str) -> None:
 
 def write_json(path: str | Path, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def save_torch(path: str | Path, obj: Any) -> None:
+    """``torch.save`` atomically and byte-reproducibly: torch names the zip's folder after the file it writes
+    to, so saving to the random temporary name would make identical weights differ byte for byte (and look
+    changed to DVC); an in-memory buffer gets the fixed name ``archive``."""
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buffer.getbuffer())

@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 
 from flexheads.config import Params, RunConfig
-from flexheads.io import atomic_path, write_json
+from flexheads.io import atomic_path, save_torch, write_json
 from flexheads.train import CHECKPOINT, GRAD_BINS, fit, pick_device, seed_everything
 
 TASK_MODULES = {"pose3d": "flexheads.tasks.pose3d", "pose2d": "flexheads.tasks.pose2d"}
@@ -60,9 +60,10 @@ def train_run(params: Params, run_name: str, data_h5: Path, out_dir: Path, devic
             tracker.finish("FAILED")
         raise
 
-    with atomic_path(out_dir / "model.pt") as tmp:
-        torch.save({"model": {k: v.cpu() for k, v in model.state_dict().items()}, "architecture": type(model).__name__,
-                    "model_config": model.config.to_dict(), "run_config": config.to_dict()}, tmp)
+    save_torch(out_dir / "model.pt", {
+        "model": {k: v.cpu() for k, v in model.state_dict().items()}, "architecture": type(model).__name__,
+        "model_config": model.config.to_dict(), "run_config": config.to_dict(),
+    })
     with atomic_path(out_dir / "history.csv") as tmp:
         pd.DataFrame(result.history).to_csv(tmp, index=False)
     write_json(out_dir / "grad_histograms.json", {

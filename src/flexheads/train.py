@@ -21,7 +21,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from flexheads.config import RunConfig
-from flexheads.io import atomic_path
+from flexheads.io import save_torch
 from flexheads.optim.optimizers import build_optimizer
 from flexheads.optim.schedules import lr_at
 
@@ -183,8 +183,7 @@ def _save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimi
         "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         **state,
     }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    save_torch(path, payload)
 
 
 def _to_device(batch: Batch, device: torch.device) -> Batch:
