@@ -18,7 +18,7 @@ from flexheads.config import Params
 from flexheads.data.coco import KEYPOINT_NAMES, CocoFormatError
 from flexheads.metrics.pose2d import coco_keypoint_ap, write_coco_results
 from flexheads.models.pose2d import KeypointTransformer, Pose2DConfig
-from flexheads.stages import evaluate_run, train_run
+from flexheads.stages import evaluate_run, load_model, train_run
 from flexheads.tasks import pose2d
 
 REPO = Path(__file__).resolve().parents[1]
@@ -135,7 +135,7 @@ def test_train_and_evaluate_write_metrics(prepared, tmp_path):
     run = "pose2d-flexible-tfixup"
     summary = train_run(params, run, h5_path, tmp_path / run, device="cpu", progress=False)
     assert summary["steps"] == 4 and np.isfinite(summary["final_loss"])
-    model = pose2d.load_model(tmp_path / run / "model.pt")
+    model = load_model(tmp_path / run / "model.pt", pose2d.ARCHITECTURES)
     assert model.config.d_head == 16 and model.config.norm == "none" and model.config.flip_test
     metrics = evaluate_run(params, run, h5_path, stats_path, tmp_path / run, tmp_path / f"{run}.json", device="cpu")
     assert metrics["main_metric"] == "AP" and 0.0 <= metrics["AP"] <= 1.0

@@ -17,10 +17,11 @@ import importlib
 import json
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Callable, Mapping
 
 import pandas as pd
 import torch
+from torch import nn
 
 from flexheads.config import Params, RunConfig
 from flexheads.io import atomic_path, save_torch, write_json
@@ -49,21 +50,19 @@ def train_run(params: Params, run_name: str, data_h5: Path, out_dir: Path, devic
     model = task.build_model(config, data_h5)
     batch_at, loss_fn = task.training_batches(data_h5, config)
     out_dir.mkdir(parents=True, exist_ok=True)
+    device_used = pick_device(device)
     tracker = _tracker(params, config, out_dir)
     n_params = sum(p.numel() for p in model.parameters())
 
     try:
-        result = fit(model, loss_fn, batch_at, config, out_dir, device=pick_device(device),
+        result = fit(model, loss_fn, batch_at, config, out_dir, device=device_used,
                      log=tracker.log_rows if tracker else None, progress=progress)
     except BaseException:
         if tracker:
             tracker.finish("FAILED")
         raise
 
-    save_torch(out_dir / "model.pt", {
-        "model": {k: v.cpu() for k, v in model.state_dict().items()}, "architecture": type(model).__name__,
-        "model_config": model.config.to_dict(), "run_config": config.to_dict(),
-    })
+    save_model(out_dir / "model.pt", model, config)
     with atomic_path(out_dir / "history.csv") as tmp:
         pd.DataFrame(result.history).to_csv(tmp, index=False)
     write_json(out_dir / "grad_histograms.json", {
@@ -74,7 +73,7 @@ def train_run(params: Params, run_name: str, data_h5: Path, out_dir: Path, devic
         "run": run.name, "task": run.task, "model": run.baseline or "transformer", "attention": run.attention,
         "regime": run.regime, "mlflow_run_id": tracker.run_id if tracker else None,
         "n_params": n_params, "steps": result.steps, "final_loss": result.final_loss,
-        "wall_time_s": round(result.wall_time_s, 3), "device": str(pick_device(device)),
+        "wall_time_s": round(result.wall_time_s, 3), "device": str(device_used),
         "params_hash": config.hash(),
     }
     write_json(out_dir / "train.json", summary)
@@ -92,7 +91,7 @@ def evaluate_run(params: Params, run_name: str, data_h5: Path, stats_json: Path,
     run = params.run(run_name)
     task = task_module(run.task)
     torch.set_num_threads(params.threads)
-    model = task.load_model(model_dir / "model.pt")
+    model = load_model(model_dir / "model.pt", task.ARCHITECTURES)
     trained = json.loads((model_dir / "train.json").read_text())
     headline, tables = task.evaluate(model, data_h5, json.loads(stats_json.read_text()),
                                      getattr(params.train, run.task).eval_batch_size, pick_device(device))
@@ -114,6 +113,22 @@ def evaluate_run(params: Params, run_name: str, data_h5: Path, stats_json: Path,
         for path in [out_json, *table_paths]:
             tracker.log_artifact(path, "evaluation")
     return metrics
+
+
+def save_model(path: Path, model: nn.Module, config: RunConfig) -> None:
+    """``model.pt``: CPU weights, the class name and its config (to rebuild it), and the run config."""
+    save_torch(path, {
+        "model": {k: v.cpu() for k, v in model.state_dict().items()}, "architecture": type(model).__name__,
+        "model_config": model.config.to_dict(), "run_config": config.to_dict(),
+    })
+
+
+def load_model(path: Path, architectures: Mapping[str, Callable[[dict], nn.Module]]) -> nn.Module:
+    """Rebuild a model written by ``save_model`` (``weights_only`` load: no code runs from the file)."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    model = architectures[checkpoint["architecture"]](checkpoint["model_config"])
+    model.load_state_dict(checkpoint["model"])
+    return model
 
 
 def _rounded(value: Any) -> Any:

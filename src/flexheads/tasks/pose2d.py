@@ -290,7 +290,9 @@ def _read_split(h5_path: Path, split: str, names: Iterable[str]) -> dict[str, np
         return {name: h5[split][name][:] for name in names}
 
 
-ARCHITECTURES = {"KeypointTransformer": (KeypointTransformer, Pose2DConfig)}
+ARCHITECTURES = {  # class name saved in model.pt → its constructor (a saved model never fetches weights)
+    "KeypointTransformer": lambda config: KeypointTransformer(Pose2DConfig(**config), load_pretrained=False),
+}
 
 
 def build_model(config: RunConfig, h5_path: Path) -> KeypointTransformer:
@@ -306,15 +308,6 @@ def build_model(config: RunConfig, h5_path: Path) -> KeypointTransformer:
         d_head=config.d_head, n_layers=m.n_layers, d_ff=m.d_ff, dropout=m.dropout, activation=m.activation,
         norm=config.regime.norm, init=config.regime.init, flip_test=config.train.flip_test,
     ))
-
-
-def load_model(path: Path) -> KeypointTransformer:
-    """A model saved by the train stage (``weights_only`` load: no code runs from the file, nothing is fetched)."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    model_class, config_class = ARCHITECTURES[checkpoint["architecture"]]
-    model = model_class(config_class(**checkpoint["model_config"]), load_pretrained=False)
-    model.load_state_dict(checkpoint["model"])
-    return model
 
 
 def augment(rng: np.random.Generator, images: np.ndarray, keypoints: np.ndarray,

@@ -195,7 +195,10 @@ class Split:
         return self.keypoints_2d[index]
 
 
-ARCHITECTURES = {"PoseLifter": (PoseLifter, LifterConfig), "MartinezMLP": (MartinezMLP, MartinezConfig)}
+ARCHITECTURES = {  # class name saved in model.pt → its constructor from the saved config
+    "PoseLifter": lambda config: PoseLifter(LifterConfig(**config)),
+    "MartinezMLP": lambda config: MartinezMLP(MartinezConfig(**config)),
+}
 
 
 def build_model(config: RunConfig, h5_path: Path) -> PoseLifter | MartinezMLP:
@@ -212,15 +215,6 @@ def build_model(config: RunConfig, h5_path: Path) -> PoseLifter | MartinezMLP:
         stats = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in h5["train"].attrs.items()}
     model.input_norm.set_(stats["keypoints_2d_mean"], stats["keypoints_2d_std"])
     model.output_norm.set_(stats["pose_3d_mean"], stats["pose_3d_std"])
-    return model
-
-
-def load_model(path: Path) -> PoseLifter | MartinezMLP:
-    """A model saved by the train stage (``weights_only`` load: no code runs from the file)."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    model_class, config_class = ARCHITECTURES[checkpoint["architecture"]]
-    model = model_class(config_class(**checkpoint["model_config"]))
-    model.load_state_dict(checkpoint["model"])
     return model
 
 
