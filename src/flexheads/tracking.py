@@ -117,21 +117,23 @@ def ensure_experiments(uri: str, names: Iterable[str]) -> dict[str, str]:
 def _client(uri: str) -> Any:
     from mlflow.tracking import MlflowClient
 
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     return MlflowClient(tracking_uri=uri)
 
 
+def _sqlite_file(uri: str) -> Path | None:
+    """The database file of a local ``sqlite:///`` store, None for a server."""
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
 def _store_lock(uri: str) -> FileLock:
-    if uri.startswith("sqlite:///"):
-        db = Path(uri.removeprefix("sqlite:///"))
-        db.parent.mkdir(parents=True, exist_ok=True)
-        return FileLock(str(db) + ".lock")
-    return FileLock(str(Path.home() / ".flexheads-mlflow.lock"))
+    db = _sqlite_file(uri)
+    if db is None:
+        return FileLock(str(Path.home() / ".flexheads-mlflow.lock"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(db) + ".lock")
 
 
 def _artifact_location(uri: str, experiment: str) -> str | None:
     """Local stores keep artifacts beside the database; a server decides for itself (None)."""
-    if uri.startswith("sqlite:///"):
-        return (Path(uri.removeprefix("sqlite:///")).parent / "artifacts" / experiment).resolve().as_uri()
-    return None
+    db = _sqlite_file(uri)
+    return (db.parent / "artifacts" / experiment).resolve().as_uri() if db else None
