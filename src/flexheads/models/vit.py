@@ -1,0 +1,115 @@
+"""The thesis's chest X-ray model: a Vision Transformer (Dosovitskiy et al. 2021) over grayscale patches.
+
+A radiograph ``(B, 1, S, S)`` in [0, 1] is standardised with the training split's pixel mean and std (buffers,
+saved with the weights), cut into ``(S / p)^2`` non-overlapping ``p × p`` patches by a stride-``p`` convolution
+``embed`` (a shared linear map of each patch), prefixed with a learned CLS token, given a learned position per
+token, and passed through the configured encoder (standard or flexible heads, Post-LN, Pre-LN or no LayerNorm).
+A linear head reads the CLS token's output: one logit per finding (multi-label, sigmoid/BCE outside the model).
+
+The model has no LayerNorm of its own: Post-LN ends each layer with one, Pre-LN's encoder ends with its
+``final_norm`` (the LayerNorm timm's ViT puts before the head), and no-LN (T-Fixup) has none anywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor, nn
+
+from flexheads.nn import LearnedPositionalEncoding, TransformerEncoder, t_fixup_, xavier_
+
+__all__ = ["ViTConfig", "VisionTransformer"]
+
+
+@dataclass(frozen=True)
+class ViTConfig:
+    image_size: int = 64  # data.cxr.image_size: prepare resizes every radiograph to S × S
+    patch_size: int = 8  # model.cxr.patch_size: 64 px → an 8 × 8 grid, 65 tokens with CLS
+    in_channels: int = 1  # grayscale radiographs
+    n_classes: int = 15  # the 14 ChestX-ray14 findings + COVID-19
+    d_model: int = 128
+    n_heads: int = 8
+    d_head: int | None = None  # None: standard heads, d_model // n_heads wide
+    n_layers: int = 3
+    d_ff: int = 256
+    dropout: float = 0.1
+    activation: str = "gelu"
+    norm: str = "post"  # post | pre | none
+    init: str = "xavier"  # xavier | tfixup
+
+    def __post_init__(self) -> None:
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"patch_size ({self.patch_size}) must divide image_size ({self.image_size}): patches do not overlap"
+            )
+        if self.init not in ("xavier", "tfixup"):
+            raise ValueError(f"init must be 'xavier' or 'tfixup', got {self.init!r}")
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """Patch grid ``(rows, cols)``; the encoder sees ``1 + rows * cols`` tokens (CLS first, then row-major)."""
+        side = self.image_size // self.patch_size
+        return side, side
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class VisionTransformer(nn.Module):
+    """Radiograph → finding logits; see the module docstring.
+
+    Initialisation: ``init='tfixup'`` applies :func:`flexheads.nn.t_fixup_` to the whole model (CLS token and
+    position table ``N(0, 1/d_model)``, ``embed`` Xavier; all three then × ``(9 N)^-1/4``). ``init='xavier'``
+    applies :func:`flexheads.nn.xavier_` (CLS token and positions ``N(0, 0.02^2)`` as in ViT) and gives ``embed``
+    the Xavier-uniform start T-Fixup scales, so the two regimes differ only by T-Fixup's factors. Xavier on the
+    convolution uses torch's conv fans (``fan_in = C p^2``, ``fan_out = d_model p^2``): a standardised patch
+    maps to tokens of std ``≈ sqrt(2 C / (d_model + C))``, about 0.12 at ``C = 1``, ``d_model = 128``,
+    close to T-Fixup's embedding scale ``d_model^-1/2`` rather than the unit scale of a Linear's fans.
+    The CLS token is an ``nn.Embedding(1, d_model)`` so that both schemes treat it as the input embedding it is.
+    """
+
+    def __init__(self, config: ViTConfig) -> None:
+        super().__init__()
+        self.config = config
+        c, p, d = config.in_channels, config.patch_size, config.d_model
+        rows, cols = config.grid
+        self.embed = nn.Conv2d(c, d, kernel_size=p, stride=p)  # named `embed`: T-Fixup scales it
+        self.cls_token = nn.Embedding(1, d)
+        self.positions = LearnedPositionalEncoding(1 + rows * cols, d)
+        self.encoder = TransformerEncoder(
+            config.n_layers, d, config.n_heads, d_head=config.d_head, d_ff=config.d_ff,
+            dropout=config.dropout, activation=config.activation, norm=config.norm,
+        )
+        self.head = nn.Linear(d, config.n_classes)
+        # Training-split pixel statistics (set_pixel_stats): persistent, so a checkpoint standardises by itself.
+        self.register_buffer("pixel_mean", torch.zeros(c, 1, 1))
+        self.register_buffer("pixel_std", torch.ones(c, 1, 1))
+        if config.init == "tfixup":
+            t_fixup_(self, n_encoder_layers=config.n_layers)
+        else:
+            nn.init.xavier_uniform_(self.embed.weight)  # as T-Fixup starts it, before its scaling
+            nn.init.zeros_(self.embed.bias)
+            xavier_(self)
+
+    @torch.no_grad()
+    def set_pixel_stats(self, mean: float | Sequence[float], std: float | Sequence[float]) -> None:
+        """Standardise inputs with these per-channel statistics of [0, 1] pixels; a std below 1e-6 counts as 1."""
+        mean = torch.as_tensor(mean, dtype=torch.float32).reshape(-1, 1, 1).expand_as(self.pixel_mean)
+        std = torch.as_tensor(std, dtype=torch.float32).reshape(-1, 1, 1).expand_as(self.pixel_std)
+        self.pixel_mean.copy_(mean)
+        self.pixel_std.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))
+
+    def forward(self, images: Tensor, need_weights: bool = False) -> tuple[Tensor, list[Tensor] | None]:
+        """``images (B, C, S, S)`` in [0, 1] → ``(logits (B, n_classes), per-layer self-attention
+        [(B, h, 1 + rows * cols, 1 + rows * cols)] or None)``, token 0 being CLS."""
+        c, s = self.config.in_channels, self.config.image_size
+        if tuple(images.shape[1:]) != (c, s, s):
+            raise ValueError(f"expected images of shape (B, {c}, {s}, {s}), got {tuple(images.shape)}")
+        x = (images - self.pixel_mean) / self.pixel_std
+        x = self.embed(x).flatten(2).transpose(1, 2)  # (B, rows * cols, d_model)
+        cls = self.cls_token.weight.expand(len(x), -1, -1)  # (B, 1, d_model)
+        x = self.positions(torch.cat([cls, x], dim=1))  # (B, 1 + rows * cols, d_model)
+        x, weights = self.encoder(x, need_weights=need_weights)
+        return self.head(x[:, 0]), weights  # (B, n_classes)
