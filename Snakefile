@@ -17,3 +17,4 @@ include: "pipeline/rules/report.smk"
 rule all:
     input:
         "reports/tables",
+        "reports/figures",

@@ -56,6 +56,7 @@ def test_runs_are_the_product_in_file_order() -> None:
 
 def test_runs_order_follows_the_lists_not_the_alphabet() -> None:
     raw = raw_params()
+    raw["experiment"]["tasks"] = ["pose3d"]
     raw["experiment"]["attention"] = ["flexible", "standard"]
     raw["experiment"]["regimes"] = ["radam", "noam"]
     params = Params.model_validate(raw)

@@ -35,6 +35,13 @@ def make_project(dest: Path, edit=None) -> Path:
     raw["data"]["pose3d"]["synthetic"]["frames_per_sequence"] = 30
     raw["model"]["pose3d"].update(d_model=16, n_heads=2, d_head_flexible=16, n_layers=1, d_ff=32)
     raw["train"]["pose3d"].update(steps=20, batch_size=32, checkpoint_every=10, log_every=5)
+    raw["data"]["pose2d"]["synthetic"].update(n_train_images=6, n_val_images=4, image_size=[160, 120])
+    raw["model"]["pose2d"].update(d_model=16, n_heads=2, d_head_flexible=16, n_layers=1, d_ff=32)
+    raw["train"]["pose2d"].update(steps=4, batch_size=8, checkpoint_every=2, log_every=2, eval_batch_size=16)
+    raw["data"]["cxr"].update(image_size=32)
+    raw["data"]["cxr"]["synthetic"].update(n_patients=30, n_covid_images=8, image_size=64)
+    raw["model"]["cxr"].update(d_model=16, n_heads=2, d_head_flexible=16, n_layers=1, d_ff=32)
+    raw["train"]["cxr"].update(steps=4, batch_size=16, checkpoint_every=2, log_every=2, eval_batch_size=64)
     if edit:
         edit(raw)
     (dest / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
@@ -110,23 +117,28 @@ def test_snakemake_and_dvc_produce_identical_metrics_and_mlflow_runs(tmp_path):
     dvc = make_project(tmp_path / "dvc")
     run(["dvc", "repro"], dvc)
 
-    assert metrics_of(smk) and metrics_of(smk) == metrics_of(dvc)
+    params = load_params(smk / "params.yaml")
+    assert {m["task"] for m in metrics_of(smk).values()} == {"pose3d", "pose2d", "cxr"}
+    assert metrics_of(smk) == metrics_of(dvc)
     for project in (smk, dvc):
-        table = (project / "reports/tables/pose3d.md").read_text()
-        assert all(r.name.split("-", 1)[1].split("-")[0] in table for r in load_params(project / "params.yaml").runs())
+        for task in params.experiment.tasks:
+            table = (project / f"reports/tables/{task}.md").read_text()
+            assert all(f"| {r.attention} | {r.regime} |" in table for r in params.runs() if r.task == task)
 
     # parallel Snakemake trainings all reached the SQLite store, each as one run with tags and metrics
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(f"sqlite:///{smk / 'mlruns/mlflow.db'}")
-    experiment = client.get_experiment_by_name("pose3d")
-    mlflow_runs = client.search_runs([experiment.experiment_id])
-    assert sorted(r.info.run_name for r in mlflow_runs) == sorted(p.stem for p in (smk / "metrics").glob("*.json"))
-    for r in mlflow_runs:
-        assert r.info.status == "FINISHED"
-        assert {"task", "attention", "regime", "git_commit", "params_hash"} <= set(r.data.tags)
-        assert "test_mpjpe" in r.data.metrics
-        assert len(client.get_metric_history(r.info.run_id, "loss")) == 20
+    main_metric = {"pose3d": "test_mpjpe", "pose2d": "test_AP", "cxr": "test_mean_auroc"}
+    for task in params.experiment.tasks:
+        mlflow_runs = client.search_runs([client.get_experiment_by_name(task).experiment_id])
+        assert sorted(r.info.run_name for r in mlflow_runs) == sorted(r.name for r in params.all_runs() if r.task == task)
+        steps = getattr(params.train, task).steps
+        for r in mlflow_runs:
+            assert r.info.status == "FINISHED"
+            assert {"task", "attention", "regime", "git_commit", "params_hash"} <= set(r.data.tags)
+            assert main_metric[task] in r.data.metrics
+            assert len(client.get_metric_history(r.info.run_id, "loss")) == steps
 
 
 @pytest.mark.slow
@@ -139,8 +151,6 @@ def test_dvc_reruns_only_the_stages_a_params_edit_touches(tmp_path):
     params["regimes"]["tfixup"]["lr"] = 1e-4
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     rerun = set(re.findall(r"Running stage '([^']+)'", run(["dvc", "repro"], project)))
-    assert rerun == {
-        "train@pose3d-standard-tfixup", "train@pose3d-flexible-tfixup",
-        "evaluate@pose3d-standard-tfixup", "evaluate@pose3d-flexible-tfixup", "report",
-    }
+    assert rerun == {f"{stage}@{task}-{attention}-tfixup" for stage in ("train", "evaluate")
+                     for task in ("pose3d", "pose2d", "cxr") for attention in ("standard", "flexible")} | {"report"}
     assert "Running stage" not in run(["dvc", "repro"], project)

@@ -17,7 +17,7 @@ from PIL import Image
 from flexheads.config import Params
 from flexheads.data.coco import KEYPOINT_NAMES, CocoFormatError
 from flexheads.metrics.pose2d import coco_keypoint_ap, write_coco_results
-from flexheads.models.pose2d import KeypointTransformer, Pose2DConfig
+from flexheads.models.pose2d import KeypointTransformer, Pose2DConfig, heatmap_targets
 from flexheads.stages import evaluate_run, load_model, train_run
 from flexheads.tasks import pose2d
 
@@ -29,9 +29,9 @@ def tiny_params() -> Params:
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["experiment"].update(tasks=["pose2d"], regimes=["preln", "tfixup"])
     raw["baselines"] = {}
-    raw["data"]["pose2d"] = {"source": "synthetic",
+    raw["data"]["pose2d"] = {"source": "synthetic", "crop_size": list(CROP),
                              "synthetic": {"n_train_images": 12, "n_val_images": 6, "image_size": [160, 120]}}
-    raw["model"]["pose2d"] = {"backbone": "resnet18", "input_size": list(CROP), "d_model": 32, "n_heads": 4,
+    raw["model"]["pose2d"] = {"backbone": "resnet18", "d_model": 32, "n_heads": 4,
                               "d_head_flexible": 16, "n_layers": 1, "d_ff": 64, "dropout": 0.0}
     raw["train"]["pose2d"] = {"steps": 4, "batch_size": 8, "checkpoint_every": 2, "log_every": 2,
                               "grad_snapshot_steps": [1, 2], "eval_batch_size": 16}
@@ -44,7 +44,7 @@ def prepared(tmp_path_factory) -> tuple[Params, Path, Path, Path]:
     root = tmp_path_factory.mktemp("pose2d")
     params = tiny_params()
     pose2d.download(params.data.pose2d, root / "raw")
-    pose2d.prepare(params.data.pose2d, root / "raw", root / "pose2d.h5", root / "pose2d.stats.json", crop_size=CROP)
+    pose2d.prepare(params.data.pose2d, root / "raw", root / "pose2d.h5", root / "pose2d.stats.json")
     return params, root / "raw", root / "pose2d.h5", root / "pose2d.stats.json"
 
 
@@ -124,10 +124,21 @@ def test_model_outputs_and_gradients(norm, init, d_head):
                                              d_ff=64, norm=norm, init=init))
     coords, weights = model(torch.rand(2, 3, *CROP), need_weights=True)
     assert coords.shape == (2, 17, 2) and ((coords > 0) & (coords < 1)).all()
-    assert [w.shape for w in weights] == [(2, 4, 17, 12)] * 2  # 4×3 tokens at stride 16
+    assert [w.shape for w in weights] == [(2, 4, 48, 48)] * 2  # 8×6 tokens at stride 8
     prediction = model.predict(torch.rand(2, 3, *CROP))
-    (prediction.coords.sum() + prediction.visibility_logits.sum()).backward()
+    assert prediction.heatmaps.shape == (2, 17, 48) and ((prediction.confidence > 0) & (prediction.confidence <= 1)).all()
+    pose2d.keypoint_loss(prediction, torch.rand(2, 17, 2), torch.ones(2, 17, dtype=torch.bool),
+                         heatmap_targets(torch.rand(2, 17, 2), model.config, model.cell_centres)).backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_integral_readout_recovers_a_keypoint_between_cells():
+    """A heatmap that is the Gaussian target of a point reads back that point: the read-out is sub-cell."""
+    config = Pose2DConfig(input_size=CROP)
+    model = KeypointTransformer(config)
+    point = torch.tensor([[[0.37, 0.61]]])  # between cell centres of the 6×8 grid
+    logits = heatmap_targets(point, config, model.cell_centres, sigma=0.6).log()
+    np.testing.assert_allclose((logits.softmax(-1) @ model.cell_centres).numpy(), point.numpy(), atol=2e-3)
 
 
 def test_train_and_evaluate_write_metrics(prepared, tmp_path):
@@ -137,12 +148,13 @@ def test_train_and_evaluate_write_metrics(prepared, tmp_path):
     assert summary["steps"] == 4 and np.isfinite(summary["final_loss"])
     model = load_model(tmp_path / run / "model.pt", pose2d.ARCHITECTURES)
     assert model.config.d_head == 16 and model.config.norm == "none" and model.config.flip_test
-    metrics = evaluate_run(params, run, h5_path, stats_path, tmp_path / run, tmp_path / f"{run}.json", device="cpu")
+    metrics = evaluate_run(params, run, h5_path, stats_path, tmp_path / run, tmp_path / "metrics" / f"{run}.json",
+                           device="cpu")
     assert metrics["main_metric"] == "AP" and 0.0 <= metrics["AP"] <= 1.0
     assert 0.0 <= metrics["mean_pose_ap"] <= 1.0 and 0.0 <= metrics["pckh50"] <= 1.0
-    per_joint = (tmp_path / f"{run}.per_joint.csv").read_text().splitlines()
+    per_joint = (tmp_path / "metrics" / run / "per_joint.csv").read_text().splitlines()
     assert len(per_joint) == 1 + 17
-    assert (tmp_path / f"{run}.per_limb.csv").exists()
+    assert (tmp_path / "metrics" / run / "per_limb.csv").exists()
 
 
 def test_ground_truth_through_the_crop_chain_scores_ap_one(prepared, tmp_path):
@@ -163,8 +175,7 @@ def test_corrupt_image_names_the_file(prepared, tmp_path):
     victim = sorted((tmp_path / "raw" / "images" / "val2017").glob("*.jpg"))[0]
     victim.write_bytes(victim.read_bytes()[:200])  # a truncated JPEG
     with pytest.raises(CocoFormatError, match=victim.name):
-        pose2d.prepare(params.data.pose2d, tmp_path / "raw", tmp_path / "out.h5", tmp_path / "stats.json",
-                       crop_size=CROP)
+        pose2d.prepare(params.data.pose2d, tmp_path / "raw", tmp_path / "out.h5", tmp_path / "stats.json")
     assert not (tmp_path / "out.h5").exists()  # nothing half-written
 
 
@@ -180,5 +191,5 @@ def test_coco_source_links_the_synthetic_layout(prepared, tmp_path, monkeypatch)
     data = params.data.pose2d.model_copy(update={"source": "coco", "coco_dir": str(coco_dir)})
     files = pose2d.download(data, tmp_path / "raw")
     assert fetched == [pose2d.COCO_ARCHIVES] and all(path.is_symlink() for path in files.values())
-    stats = pose2d.prepare(data, tmp_path / "raw", tmp_path / "coco.h5", tmp_path / "coco.json", crop_size=CROP)
+    stats = pose2d.prepare(data, tmp_path / "raw", tmp_path / "coco.h5", tmp_path / "coco.json")
     assert stats["splits"]["val"]["rows"] == len(json.loads(files["val_annotations"].read_text())["annotations"])

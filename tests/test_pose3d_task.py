@@ -71,10 +71,11 @@ def test_lifter_learns_far_below_the_mean_pose(prepared, tmp_path):
     run = "pose3d-standard-tfixup"  # no warmup: the short run learns from the first step
     summary = train_run(params, run, h5_path, tmp_path / run, device="cpu", progress=False)
     assert not (tmp_path / run / "checkpoint.pt").exists()  # removed once model.pt is written
-    metrics = evaluate_run(params, run, h5_path, stats_path, tmp_path / run, tmp_path / f"{run}.json", device="cpu")
+    metrics = evaluate_run(params, run, h5_path, stats_path, tmp_path / run, tmp_path / "metrics" / f"{run}.json",
+                           device="cpu")
     assert metrics["mpjpe"] < 0.75 * metrics["mean_pose_mpjpe"], metrics
     assert metrics["p_mpjpe"] < metrics["mpjpe"]
-    per_action = (tmp_path / f"{run}.per_action.csv").read_text().splitlines()
+    per_action = (tmp_path / "metrics" / run / "per_action.csv").read_text().splitlines()
     assert len(per_action) == 1 + len(h36m.ACTIONS)
     assert summary["n_params"] > 0 and summary["steps"] == 200
 

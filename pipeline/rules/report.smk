@@ -4,6 +4,7 @@ rule report:
         expand("models/{run}/train.json", run=RUNS),
     output:
         directory("reports/tables"),
+        directory("reports/figures"),
     log:
         "logs/report.log",
     conda:

@@ -27,8 +27,7 @@ rule evaluate:
         summary="models/{run}/train.json",
     output:
         metrics="metrics/{run}.json",
-        per_action="metrics/{run}.per_action.csv",
-        per_joint="metrics/{run}.per_joint.csv",
+        tables=directory("metrics/{run}"),
     params:
         model_dir="models/{run}",
     log:

@@ -125,10 +125,12 @@ def report(
     models_dir: Path = typer.Option(Path("models"), help="Folder of train outputs."),
     out: Path = typer.Option(Path("reports"), help="Report folder (tables/ and figures/ inside)."),
 ) -> None:
-    """Build the comparison tables from the metrics of every run in the matrix."""
+    """Build the comparison tables and figures from the outputs of every run in the matrix."""
+    from flexheads.report.figures import write_figures
     from flexheads.report.tables import write_tables
 
-    for path in write_tables(load_params(params), metrics_dir, models_dir, out):
+    p = load_params(params)
+    for path in [*write_tables(p, metrics_dir, models_dir, out), *write_figures(p, metrics_dir, out)]:
         typer.echo(str(path))
 
 

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-TASKS = ("pose3d", "pose2d")
+TASKS = ("pose3d", "pose2d", "cxr")
 ATTENTIONS = ("standard", "flexible")
 REGIMES = ("noam", "linear_untuned", "exponential_untuned", "radam", "tfixup", "preln")
 BASELINES = ("martinez_mlp",)
@@ -96,6 +96,7 @@ class TrainSettings(_Section):
     log_every: PositiveInt = 25  # metrics are buffered and sent to MLflow in one batch per interval
     grad_snapshot_steps: tuple[PositiveInt, ...] = (1, 2, 5, 10, 20, 50, 100)  # gradient histograms, fig. 3.16
     eval_batch_size: PositiveInt = 2048
+    lr_scale: Annotated[float, Field(gt=0.0)] = 1.0  # multiplies every regime's lr for this task's models
 
 
 class Pose3DModel(ModelSettings):
@@ -116,21 +117,31 @@ class Pose3DTrain(TrainSettings):
 class Pose2DModel(ModelSettings):
     backbone: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"
     pretrained: bool = False  # ImageNet weights (downloaded by torchvision; needs a network)
-    input_size: tuple[PositiveInt, PositiveInt] = (128, 96)  # crop height, width (COCO's 4:3 person aspect)
+    backbone_stride: Literal[8, 16] = 8  # 8: the trunk stops after layer2, 16: after layer3
 
 
 class Pose2DTrain(TrainSettings):
     flip_test: bool = True  # average the prediction of the crop and of its mirror image at evaluation
 
 
+class CxrModel(ModelSettings):
+    patch_size: PositiveInt = 8  # ViT patch side: (data.cxr.image_size / patch_size)^2 tokens + CLS
+
+
+class CxrTrain(TrainSettings):
+    class_weighted_loss: bool = False  # BCE positives weighted by negatives/positives of each finding
+
+
 class Models(_Section):
     pose3d: Pose3DModel = Pose3DModel()
     pose2d: Pose2DModel = Pose2DModel()
+    cxr: CxrModel = CxrModel()
 
 
 class Trainings(_Section):
     pose3d: Pose3DTrain = Pose3DTrain()
     pose2d: Pose2DTrain = Pose2DTrain()
+    cxr: CxrTrain = CxrTrain()
 
 
 class SyntheticPose3D(_Section):
@@ -167,12 +178,44 @@ class Pose2DData(_Section):
 
     source: Literal["synthetic", "coco"] = "synthetic"
     coco_dir: str = "data/external/coco"  # download cache of the official archives (source: coco)
+    crop_size: tuple[PositiveInt, PositiveInt] = (64, 48)  # person crop height, width (COCO's 4:3 aspect)
     synthetic: SyntheticPose2D = SyntheticPose2D()
+
+
+class SyntheticCxr(_Section):
+    """Size of the procedural radiographs written by the cxr ``download`` stage (ChestX-ray14 and COVID layouts)."""
+
+    n_patients: PositiveInt = 800  # ChestX-ray14-style patients, 1-4 images each
+    n_covid_images: PositiveInt = 120  # COVID-19 images in the covid-chestxray-dataset layout
+    image_size: PositiveInt = 256  # side of the written PNGs (ChestX-ray14's are 1024)
+    seed: NonNegativeInt = 0
+
+
+class CxrFolder(_Section):
+    """A user-supplied dataset: images in ``images`` and a CSV shaped like ChestX-ray14's Data_Entry_2017.csv."""
+
+    images: str = "data/external/cxr_folder/images"
+    labels_csv: str = "data/external/cxr_folder/labels.csv"
+    test_fraction: Probability = 0.2  # patient-level split when no split files are given
+
+
+class CxrData(_Section):
+    """Where cxr data comes from: procedural radiographs (default), NIH ChestX-ray14 + COVID-19, or a folder."""
+
+    source: Literal["synthetic", "nih", "folder"] = "synthetic"
+    image_size: PositiveInt = 64  # prepare resizes every radiograph to image_size × image_size (uint8)
+    nih_dir: str = "data/external/chestxray14"  # download cache of the 12 image archives and the CSV/split files
+    covid_dir: str = "data/external/covid-chestxray-dataset"  # the COVID-19 source (metadata.csv + images/)
+    include_covid: bool = True  # add the COVID-19 source's frontal X-rays (COVID-19 → label 15, others mapped)
+    val_fraction: Probability = 0.1  # patients of train_val held out for validation (threshold choice)
+    folder: CxrFolder = CxrFolder()
+    synthetic: SyntheticCxr = SyntheticCxr()
 
 
 class DataSettings(_Section):
     pose3d: Pose3DData = Pose3DData()
     pose2d: Pose2DData = Pose2DData()
+    cxr: CxrData = CxrData()
 
 
 class Experiment(_Section):
@@ -221,6 +264,13 @@ class Params(_Section):
     data: DataSettings = DataSettings()
     baselines: dict[Literal[BASELINES], Baseline] = {}  # type: ignore[valid-type]
     tracking: Tracking = Tracking()
+
+    @model_validator(mode="after")
+    def _patches_tile_image(self) -> Params:
+        size, patch = self.data.cxr.image_size, self.model.cxr.patch_size
+        if size % patch:
+            raise ValueError(f"model.cxr.patch_size ({patch}) must divide data.cxr.image_size ({size})")
+        return self
 
     @model_validator(mode="after")
     def _regimes_are_defined(self) -> Params:

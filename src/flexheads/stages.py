@@ -15,19 +15,21 @@ from __future__ import annotations
 
 import importlib
 import json
+import math
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable, Mapping
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
-from flexheads.config import Params, RunConfig
+from flexheads.config import TASKS, Params, RunConfig
 from flexheads.io import atomic_path, save_torch, write_json
 from flexheads.train import CHECKPOINT, GRAD_BINS, fit, pick_device, seed_everything
 
-TASK_MODULES = {"pose3d": "flexheads.tasks.pose3d", "pose2d": "flexheads.tasks.pose2d"}
+TASK_MODULES = {task: f"flexheads.tasks.{task}" for task in TASKS}
 RUN_ID_FILE = "mlflow_run_id"
 
 
@@ -87,7 +89,9 @@ def train_run(params: Params, run_name: str, data_h5: Path, out_dir: Path, devic
 
 def evaluate_run(params: Params, run_name: str, data_h5: Path, stats_json: Path, model_dir: Path, out_json: Path,
                  device: str = "auto") -> dict[str, Any]:
-    """Evaluate a trained run on the test split: ``out_json`` (DVC metrics) + ``<out>.<table>.csv`` tables."""
+    """Evaluate a trained run on the test split: ``out_json`` (DVC metrics) + the task's breakdown tables as
+    ``<out_json without .json>/<table>.csv`` (per action, per joint, per class, ...) and arrays the report draws
+    (Grad-CAM maps) as ``<table>.npz``."""
     run = params.run(run_name)
     task = task_module(run.task)
     torch.set_num_threads(params.threads)
@@ -98,10 +102,16 @@ def evaluate_run(params: Params, run_name: str, data_h5: Path, stats_json: Path,
     metrics = {"run": run.name, "task": run.task, "model": run.baseline or "transformer", "attention": run.attention,
                "regime": run.regime, "main_metric": task.MAIN_METRIC, **{k: _rounded(v) for k, v in headline.items()}}
     table_paths = []
+    tables_dir = out_json.with_suffix("")
+    tables_dir.mkdir(parents=True, exist_ok=True)
     for name, table in tables.items():
-        path = out_json.with_name(f"{out_json.stem}.{name}.csv")
+        path = tables_dir / f"{name}.csv" if isinstance(table, pd.DataFrame) else tables_dir / f"{name}.npz"
         with atomic_path(path) as tmp:
-            table.to_csv(tmp, index=False, float_format="%.4f")
+            if isinstance(table, pd.DataFrame):
+                table.to_csv(tmp, index=False, float_format="%.4f")
+            else:  # named arrays for the report's figures
+                with open(tmp, "wb") as f:
+                    np.savez_compressed(f, **table)
         table_paths.append(path)
     write_json(out_json, metrics)
 
@@ -132,7 +142,10 @@ def load_model(path: Path, architectures: Mapping[str, Callable[[dict], nn.Modul
 
 
 def _rounded(value: Any) -> Any:
-    return round(value, 4) if isinstance(value, float) else value
+    """4 decimals; NaN (a metric undefined on this data, e.g. AUROC of a finding without test positives) → null."""
+    if isinstance(value, float):
+        return None if math.isnan(value) else round(value, 4)
+    return value
 
 
 def _tracker(params: Params, config: RunConfig, out_dir: Path) -> Any:

@@ -87,12 +87,11 @@ def fit(
     """
     settings, regime = config.train, config.regime
     model.to(device)
+    lr = regime.lr * settings.lr_scale
     optimizer = build_optimizer(
-        model.parameters(), regime.optimizer, lr=regime.lr, betas=regime.betas, weight_decay=regime.weight_decay
+        model.parameters(), regime.optimizer, lr=lr, betas=regime.betas, weight_decay=regime.weight_decay
     )
-    lr_of_step = lr_at(
-        regime.schedule, lr=regime.lr, warmup=regime.warmup, beta2=regime.betas[1], d_model=config.model.d_model
-    )
+    lr_of_step = lr_at(regime.schedule, lr=lr, warmup=regime.warmup, beta2=regime.betas[1], d_model=config.model.d_model)
     checkpoint = out_dir / CHECKPOINT
     state = _resume_state(checkpoint, model, optimizer, device, config.hash())
     parameters = [p for p in model.parameters() if p.requires_grad]

@@ -42,11 +42,10 @@ from flexheads.data.coco import (
 )
 from flexheads.io import atomic_path, write_json
 from flexheads.metrics import pose2d as metrics
-from flexheads.models.pose2d import KeypointTransformer, Pose2DConfig
+from flexheads.models.pose2d import KeypointPrediction, KeypointTransformer, Pose2DConfig, heatmap_targets
 
 SPLITS = {"train": "train2017", "val": "val2017"}  # h5 group → COCO split
 MAIN_METRIC = "AP"  # higher is better
-CROP_SIZE = (128, 96)  # default crop (H, W) = model.pose2d.input_size's default
 CROP_PADDING = 1.25  # box side × 1.25 after widening to the crop aspect (SimpleBaseline/HRNet)
 COCO_ARCHIVES = ("annotations_trainval2017.zip", "train2017.zip", "val2017.zip")
 
@@ -54,7 +53,7 @@ COCO_ARCHIVES = ("annotations_trainval2017.zip", "train2017.zip", "val2017.zip")
 FLIP_PROBABILITY = 0.5
 MAX_ROTATION_DEG = 15.0  # uniform in ±15°
 MAX_SCALE_CHANGE = 0.15  # zoom uniform in [0.85, 1.15]
-VISIBILITY_LOSS_WEIGHT = 0.1  # BCE of the visibility logit, next to the L1 of normalised coordinates
+HEATMAP_LOSS_WEIGHT = 1.0  # cross-entropy of the heatmaps to Gaussian targets, next to the coordinates' L1
 
 # Keypoint order of the mirror image: left and right swap.
 FLIP_INDEX = np.arange(len(KEYPOINT_NAMES))
@@ -171,19 +170,18 @@ def _read_rgb(path: Path, size: tuple[int, int]) -> Image.Image:
 # --- prepare --------------------------------------------------------------------------------------------------
 
 
-def prepare(data: Pose2DData, raw_dir: Path, out_h5: Path, stats_json: Path,
-            crop_size: tuple[int, int] = CROP_SIZE) -> dict[str, Any]:
-    """Cut one ``crop_size`` (H, W) crop per annotated person into ``out_h5``; statistics into ``stats_json``.
+def prepare(data: Pose2DData, raw_dir: Path, out_h5: Path, stats_json: Path) -> dict[str, Any]:
+    """Cut one ``data.crop_size`` (H, W) crop per annotated person into ``out_h5``; statistics into ``stats_json``.
 
     Groups ``train``/``val``, one row per person (crowds and people without a labelled keypoint are skipped):
     ``images`` uint8 ``(N, H, W, 3)``; ``keypoints`` float32 ``(N, 17, 2)`` crop pixels (0 where unlabelled);
     ``visible`` bool ``(N, 17)`` = COCO ``v > 0``; ``keypoints_image`` float32 ``(N, 17, 3)`` the annotation's
     ``(x, y, v)``; ``affine`` float32 ``(N, 2, 3)`` crop → image; ``image_id``, ``annotation_id``, ``bbox``
     ``(N, 4)`` and ``area``.  ``val/coco_gt_json`` holds the val annotation file's bytes (uint8), so evaluation
-    needs nothing outside the h5.  ``crop_size`` must equal the model's ``model.pose2d.input_size``.
+    needs nothing outside the h5; the model takes its input size from the h5's ``crop_size`` attribute.
     """
     raw_dir = Path(raw_dir)
-    crop_size = tuple(crop_size)  # type: ignore[assignment]
+    crop_size = tuple(data.crop_size)
     stats: dict[str, Any] = {"source": data.source, "crop_size": list(crop_size), "padding": CROP_PADDING,
                              "splits": {}}  # fmt: skip
     with atomic_path(out_h5) as tmp, h5py.File(tmp, "w") as h5:
@@ -296,16 +294,14 @@ ARCHITECTURES = {  # class name saved in model.pt → its constructor (a saved m
 
 
 def build_model(config: RunConfig, h5_path: Path) -> KeypointTransformer:
-    """The run's keypoint transformer; its ``input_size`` must be the crop size ``prepare`` wrote."""
+    """The run's keypoint transformer, sized for the crops ``prepare`` wrote (``data.pose2d.crop_size``)."""
     m = config.model
     with h5py.File(h5_path, "r") as h5:
         crop_size = tuple(int(v) for v in h5.attrs["crop_size"])
-    if tuple(m.input_size) != crop_size:
-        raise ValueError(f"model.pose2d.input_size is {tuple(m.input_size)} but {h5_path} holds {crop_size} crops; "
-                         "prepare again with the model's input size")
     return KeypointTransformer(Pose2DConfig(
-        input_size=crop_size, backbone=m.backbone, pretrained=m.pretrained, d_model=m.d_model, n_heads=m.n_heads,
-        d_head=config.d_head, n_layers=m.n_layers, d_ff=m.d_ff, dropout=m.dropout, activation=m.activation,
+        input_size=crop_size, backbone=m.backbone, backbone_stride=m.backbone_stride, pretrained=m.pretrained,
+        d_model=m.d_model, n_heads=m.n_heads, d_head=config.d_head, n_layers=m.n_layers, d_ff=m.d_ff,
+        dropout=m.dropout, activation=m.activation,
         norm=config.regime.norm, init=config.regime.init, flip_test=config.train.flip_test,
     ))
 
@@ -344,12 +340,14 @@ def augment(rng: np.random.Generator, images: np.ndarray, keypoints: np.ndarray,
     return warped, moved, visible & inside
 
 
-def keypoint_loss(coords: Tensor, visibility_logits: Tensor, target: Tensor, visible: Tensor) -> Tensor:
-    """Mean ``|pred - target|`` per coordinate over the visible keypoints (normalised crop units, so 0.01 is ~1
-    crop pixel) + ``VISIBILITY_LOSS_WEIGHT`` × BCE of the visibility logits against ``visible``."""
-    mask = visible.to(coords.dtype)
-    l1 = ((coords - target).abs().sum(-1) * mask).sum() / (2 * mask.sum()).clamp(min=1)
-    return l1 + VISIBILITY_LOSS_WEIGHT * F.binary_cross_entropy_with_logits(visibility_logits, mask)
+def keypoint_loss(prediction: KeypointPrediction, target: Tensor, visible: Tensor, heatmap_target: Tensor) -> Tensor:
+    """Over the visible keypoints: mean ``|pred - target|`` per coordinate (normalised crop units, so 0.01 is
+    ~1 crop pixel) + ``HEATMAP_LOSS_WEIGHT`` × mean cross-entropy ``-sum_t q_kt log softmax_t(h_kt)`` of the
+    heatmaps to their Gaussian targets (which speeds learning up several-fold over the L1 alone)."""
+    mask = visible.to(target.dtype)
+    l1 = ((prediction.coords - target).abs().sum(-1) * mask).sum() / (2 * mask.sum()).clamp(min=1)
+    cross_entropy = -(heatmap_target * prediction.heatmaps.log_softmax(-1)).sum(-1)
+    return l1 + HEATMAP_LOSS_WEIGHT * (cross_entropy * mask).sum() / mask.sum().clamp(min=1)
 
 
 def training_batches(
@@ -375,7 +373,7 @@ def training_batches(
     def loss_fn(model: nn.Module, batch: tuple[Tensor, Tensor, Tensor]) -> Tensor:
         images, target, visible = batch
         prediction = model.predict(images)
-        return keypoint_loss(prediction.coords.float(), prediction.visibility_logits.float(), target, visible)
+        return keypoint_loss(prediction, target, visible, heatmap_targets(target, model.config, model.cell_centres))
 
     return batch_at, loss_fn
 
@@ -386,7 +384,7 @@ def training_batches(
 @torch.no_grad()
 def predict(model: KeypointTransformer, images: np.ndarray, batch_size: int, device: torch.device,
             flip_test: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Normalised crop coordinates ``(N, 17, 2)`` and visibility probabilities ``(N, 17)`` of uint8 crops
+    """Normalised crop coordinates ``(N, 17, 2)`` and confidences (heatmap peaks) ``(N, 17)`` of uint8 crops
     ``(N, H, W, 3)``; with ``flip_test`` the average over each crop and its mirror image (mapped back)."""
     model.eval().to(device)
     mirror_index = torch.from_numpy(FLIP_INDEX).to(device)
@@ -399,7 +397,7 @@ def predict(model: KeypointTransformer, images: np.ndarray, batch_size: int, dev
         for view, mirrored in zip(views, (False, True)):
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 out = model.predict(view)
-            c, v = out.coords.float(), out.visibility_logits.float().sigmoid()
+            c, v = out.coords.float(), out.confidence.float()
             if mirrored:  # x → 1 - x and left ↔ right undo the mirror
                 c = torch.stack([1 - c[..., 0], c[..., 1]], -1)[:, mirror_index]
                 v = v[:, mirror_index]
@@ -425,7 +423,7 @@ def evaluate(model: nn.Module, h5_path: Path, stats: dict[str, Any], batch_size:
 
     Flip test follows the model's stored config (``train.pose2d.flip_test`` of its run), so a checkpoint is
     always evaluated as it was configured. Headline: COCOeval's ten OKS stats (``AP`` ... ``ARl``; one detection
-    per ground-truth box, scored by the mean visibility probability), ``pckh50`` (PCKh@0.5, head size from
+    per ground-truth box, scored by the mean heatmap peak), ``pckh50`` (PCKh@0.5, head size from
     ears/eyes/torso), ``pck20`` (PCK@0.2 of the box diagonal), ``pdj20`` (PDJ@0.2), ``pcp50`` (strict PCP@0.5),
     and ``mean_pose_ap``/``mean_pose_pckh``: the mean training pose placed in every crop, the reference a model
     must beat. Tables: ``per_joint`` (PCK, PCKh, PDJ) and ``per_limb`` (PCP).
