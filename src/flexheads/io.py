@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -59,3 +60,18 @@ def save_torch(path: str | Path, obj: Any) -> None:
     torch.save(obj, buffer)
     with atomic_path(path) as tmp:
         tmp.write_bytes(buffer.getbuffer())
+
+
+def replace_with_symlink(src: Path, dst: Path) -> Path:
+    """Point ``dst`` at ``src`` with a relative symlink, replacing what ``dst`` was (a stage output, e.g. a folder
+    of synthetic images) atomically: the link is made beside ``dst`` and renamed onto it."""
+    if not src.exists():
+        raise FileNotFoundError(f"{src}: missing (expected after the download)")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.is_dir() and not dst.is_symlink():
+        shutil.rmtree(dst)
+    tmp = dst.with_name(f".{dst.name}.link")
+    tmp.unlink(missing_ok=True)
+    os.symlink(os.path.relpath(src.resolve(), dst.parent.resolve()), tmp, target_is_directory=src.is_dir())
+    os.replace(tmp, dst)
+    return dst

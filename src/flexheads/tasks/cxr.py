@@ -45,7 +45,7 @@ from flexheads.data.cxr import (
     check_patients_disjoint, download_covid, download_nih, folder_splits, hashed_splits, nih_splits,
     read_covid_metadata, read_folder_entries, read_nih_entries,
 )
-from flexheads.io import atomic_path, write_json
+from flexheads.io import atomic_path, replace_with_symlink, write_json
 from flexheads.metrics import classification
 from flexheads.metrics import localisation as localisation_metrics
 from flexheads.models.vit import VisionTransformer, ViTConfig
@@ -75,14 +75,14 @@ def download(data: CxrData, out_dir: Path) -> dict[str, Path]:
     if data.source == "folder":
         return _link_folder(data, out_dir / FOLDER_DIR)
     root = download_nih(Path(data.nih_dir))
-    files = {"nih_images": _symlink(root / NIH_IMAGES_DIR, out_dir / NIH_DIR / NIH_IMAGES_DIR)}
+    files = {"nih_images": replace_with_symlink(root / NIH_IMAGES_DIR, out_dir / NIH_DIR / NIH_IMAGES_DIR)}
     for kind, name in (("nih_entries", NIH_CSV), ("nih_train_val", NIH_TRAIN_VAL_LIST), ("nih_test", NIH_TEST_LIST),
                        ("nih_boxes", NIH_BBOX_CSV)):
-        files[kind] = _symlink(root / name, out_dir / NIH_DIR / name)
+        files[kind] = replace_with_symlink(root / name, out_dir / NIH_DIR / name)
     if data.include_covid:
         repo = download_covid(Path(data.covid_dir))
-        files["covid_images"] = _symlink(repo / COVID_IMAGES_DIR, out_dir / COVID_DIR / COVID_IMAGES_DIR)
-        files["covid_metadata"] = _symlink(repo / COVID_METADATA, out_dir / COVID_DIR / COVID_METADATA)
+        files["covid_images"] = replace_with_symlink(repo / COVID_IMAGES_DIR, out_dir / COVID_DIR / COVID_IMAGES_DIR)
+        files["covid_metadata"] = replace_with_symlink(repo / COVID_METADATA, out_dir / COVID_DIR / COVID_METADATA)
     return files
 
 
@@ -95,28 +95,14 @@ def _link_folder(data: CxrData, dst: Path) -> dict[str, Path]:
     missing = [name for name in entries["Image Index"] if not (images / name).is_file()]
     if missing:
         raise CxrFormatError(f"{labels}: {len(missing)} listed image(s) missing from {images}, e.g. {missing[:5]}")
-    files = {"folder_images": _symlink(images, dst / NIH_IMAGES_DIR),
-             "folder_labels": _symlink(labels, dst / FOLDER_LABELS)}
+    files = {"folder_images": replace_with_symlink(images, dst / NIH_IMAGES_DIR),
+             "folder_labels": replace_with_symlink(labels, dst / FOLDER_LABELS)}
     for name in (NIH_TRAIN_VAL_LIST, NIH_TEST_LIST):
         if (labels.parent / name).is_file():
-            files[f"folder_{Path(name).stem}"] = _symlink(labels.parent / name, dst / name)
+            files[f"folder_{Path(name).stem}"] = replace_with_symlink(labels.parent / name, dst / name)
         else:
             _remove(dst / name)
     return files
-
-
-def _symlink(src: Path, dst: Path) -> Path:
-    """Point ``dst`` at ``src`` with a relative symlink, replacing what ``dst`` was (a stage output) atomically."""
-    if not src.exists():
-        raise FileNotFoundError(f"{src}: missing (expected after the download)")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    if dst.is_dir() and not dst.is_symlink():
-        shutil.rmtree(dst)  # e.g. the synthetic images of an earlier run
-    tmp = dst.with_name(f".{dst.name}.link")
-    tmp.unlink(missing_ok=True)
-    os.symlink(os.path.relpath(src.resolve(), dst.parent.resolve()), tmp, target_is_directory=src.is_dir())
-    os.replace(tmp, dst)
-    return dst
 
 
 def _remove(path: Path) -> None:

@@ -19,8 +19,6 @@ A crop is an axis-aligned scale + shift of its image; ``affine`` ``(2, 3)`` maps
 from __future__ import annotations
 
 import math
-import os
-import shutil
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -40,7 +38,7 @@ from flexheads.data import synthetic_coco
 from flexheads.data.coco import (
     FLIP_PAIRS, KEYPOINT_NAMES, CocoFormatError, PersonRecord, download_coco, load_person_keypoints,
 )
-from flexheads.io import atomic_path, write_json
+from flexheads.io import atomic_path, replace_with_symlink, write_json
 from flexheads.metrics import pose2d as metrics
 from flexheads.models.pose2d import KeypointPrediction, KeypointTransformer, Pose2DConfig, heatmap_targets
 
@@ -79,9 +77,9 @@ def download(data: Pose2DData, out_dir: Path) -> dict[str, Path]:
     root = download_coco(Path(data.coco_dir), COCO_ARCHIVES)
     files = {}
     for split in SPLITS.values():
-        files[f"{split[:-4]}_images"] = _symlink(root / split, _image_dir(out_dir, split))
+        files[f"{split[:-4]}_images"] = replace_with_symlink(root / split, _image_dir(out_dir, split))
         annotations = f"person_keypoints_{split}.json"
-        files[f"{split[:-4]}_annotations"] = _symlink(root / "annotations" / annotations,
+        files[f"{split[:-4]}_annotations"] = replace_with_symlink(root / "annotations" / annotations,
                                                       _annotation_json(out_dir, split))
     return files
 
@@ -92,20 +90,6 @@ def _image_dir(raw_dir: Path, split: str) -> Path:
 
 def _annotation_json(raw_dir: Path, split: str) -> Path:
     return raw_dir / "annotations" / f"person_keypoints_{split}.json"
-
-
-def _symlink(src: Path, dst: Path) -> Path:
-    """Point ``dst`` at ``src`` with a relative symlink, replacing what ``dst`` was (a stage output) atomically."""
-    if not src.exists():
-        raise FileNotFoundError(f"{src}: missing after unpacking the COCO archives")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    if dst.is_dir() and not dst.is_symlink():
-        shutil.rmtree(dst)  # e.g. the synthetic images of an earlier run
-    tmp = dst.with_name(f".{dst.name}.link")
-    tmp.unlink(missing_ok=True)
-    os.symlink(os.path.relpath(src.resolve(), dst.parent.resolve()), tmp, target_is_directory=src.is_dir())
-    os.replace(tmp, dst)
-    return dst
 
 
 # --- crop geometry --------------------------------------------------------------------------------------------
