@@ -8,6 +8,7 @@ files; no row is ever dropped silently.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -39,15 +40,16 @@ def collect(params: Params, task: str, metrics_dir: Path, models_dir: Path) -> p
 
 
 def comparison_table(frame: pd.DataFrame, task: str) -> tuple[pd.DataFrame, dict[str, int]]:
-    """The table's columns (formatted strings) and, per column, the run whose value is best."""
+    """The table's columns (formatted strings) and, per column, the run whose value is best (none for a column
+    whose metric no run defines, e.g. AUROC of a test set without positives)."""
     columns = [("model", "model", None), ("attention", "attention", None), ("regime", "regime", None),
                *task_module(task).REPORT_COLUMNS, *RUN_COLUMNS]
     table = pd.DataFrame({header: frame[key] for key, header, _ in columns})
     best = {}
     for key, header, better in columns:
-        if better is not None:
-            index = frame[key].idxmin() if better == "min" else frame[key].idxmax()
-            best[header] = index
+        values = pd.to_numeric(frame[key], errors="coerce")  # null where a metric is undefined on this data
+        if better is not None and values.notna().any():
+            best[header] = values.idxmin() if better == "min" else values.idxmax()
     return table, best
 
 
@@ -93,9 +95,11 @@ def write_tables(params: Params, metrics_dir: Path, models_dir: Path, out_dir: P
 
 
 def _format(value: object) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
     if isinstance(value, float):
         return f"{value:.4f}" if abs(value) < 1 else f"{value:.1f}"
-    return "—" if value is None else str(value)
+    return str(value)
 
 
 def _latex_escape(text: str) -> str:
