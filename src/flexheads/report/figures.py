@@ -43,7 +43,8 @@ def cxr_gradcam(params: Params, metrics_dir: Path, out_dir: Path) -> list[Path]:
     arrays = [np.load(p) for p in paths]
     first = arrays[0]
     n = min(GRADCAM_COLUMNS, len(first["findings"]))
-    figure, axes = plt.subplots(1 + len(runs), n, figsize=(1.3 * n, 1.3 * (1 + len(runs))), squeeze=False)
+    figure, axes = plt.subplots(1 + len(runs), n, figsize=(1.3 * n, 1.3 * (1 + len(runs))), squeeze=False,
+                                layout="constrained")
     for j in range(n):
         axes[0, j].imshow(first["images"][j], cmap="gray", vmin=0, vmax=255)
         axes[0, j].contour(first["masks"][j], levels=[0.5], colors="red", linewidths=0.8)
