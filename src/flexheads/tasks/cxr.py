@@ -473,7 +473,7 @@ def evaluate(model: nn.Module, h5_path: Path, stats: dict[str, Any], batch_size:
 REPORT_CAPTION = (
     "cxr (15 findings: ChestX-ray14's 14 and COVID-19; test split, patient-disjoint): mean AUROC and average "
     "precision over findings, F1 at per-finding thresholds chosen on validation; Grad-CAM pointing game and IoU "
-    "against the true lesion masks (synthetic data; a uniform map's pointing game in the last column)."
+    "against the true lesion masks (synthetic data; 'pointing (uniform)': a uniform map's pointing game)."
 )
 REPORT_COLUMNS = [  # (key in metrics/<run>.json, header, better)
     ("mean_auroc", "mean AUROC", "max"),
