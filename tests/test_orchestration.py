@@ -132,7 +132,8 @@ def test_snakemake_and_dvc_produce_identical_metrics_and_mlflow_runs(tmp_path):
     main_metric = {"pose3d": "test_mpjpe", "pose2d": "test_AP", "cxr": "test_mean_auroc"}
     for task in params.experiment.tasks:
         mlflow_runs = client.search_runs([client.get_experiment_by_name(task).experiment_id])
-        assert sorted(r.info.run_name for r in mlflow_runs) == sorted(r.name for r in params.all_runs() if r.task == task)
+        expected = sorted(r.name for r in params.all_runs() if r.task == task)
+        assert sorted(r.info.run_name for r in mlflow_runs) == expected
         steps = getattr(params.train, task).steps
         for r in mlflow_runs:
             assert r.info.status == "FINISHED"

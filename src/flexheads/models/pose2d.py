@@ -168,7 +168,8 @@ class KeypointTransformer(nn.Module):
 
 def heatmap_targets(target: Tensor, config: Pose2DConfig, centres: Tensor, sigma: float = 1.0) -> Tensor:
     """``(B, K, rows * cols)`` target distributions: a Gaussian of ``sigma`` cells around each keypoint,
-    ``q_kt ∝ exp(-|c_t - p_k|² / 2σ²)`` with distances in cells; ``target (B, K, 2)`` normalised crop coordinates."""
+    ``q_kt ∝ exp(-|c_t - p_k|² / 2σ²)`` with distances in cells; ``target (B, K, 2)`` in normalised crop
+    coordinates."""
     rows, cols = config.grid
     cells = torch.tensor([cols, rows], dtype=target.dtype, device=target.device)
     squared = ((centres - target[:, :, None]) * cells).square().sum(-1)
