@@ -75,3 +75,12 @@ def replace_with_symlink(src: Path, dst: Path) -> Path:
     os.symlink(os.path.relpath(src.resolve(), dst.parent.resolve()), tmp, target_is_directory=src.is_dir())
     os.replace(tmp, dst)
     return dst
+
+
+def read_json_object(path: Path) -> dict[str, Any]:
+    """The JSON object at ``path``; ``{}`` if it is missing, unreadable or not an object (a marker to redo)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}

@@ -26,7 +26,7 @@ from pycocotools.coco import COCO
 
 from flexheads.errors import DataError
 from flexheads.data.download import RemoteFile, download_file, safe_extract
-from flexheads.io import write_json
+from flexheads.io import read_json_object, write_json
 
 __all__ = [
     "COCO_BASE_URL",
@@ -146,10 +146,7 @@ def _on_mirror(url: str, base_url: str) -> str:
 
 
 def _read_marker(marker: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(marker.read_text())
-    except (OSError, ValueError):
-        return {}
+    data = read_json_object(marker)
     return {key: data.get(key) for key in ("url", "size", "md5")}
 
 

@@ -41,7 +41,6 @@ file fails loudly instead of silently changing the data.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -52,7 +51,7 @@ import pandas as pd
 
 from flexheads.data.download import RemoteFile, download_file, file_digest, safe_extract
 from flexheads.errors import DataError
-from flexheads.io import write_json
+from flexheads.io import read_json_object, write_json
 
 NIH_FINDINGS = (
     "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia", "Pneumothorax",
@@ -439,7 +438,7 @@ def download_covid(root: str | Path, progress: bool = True, *, remote: RemoteFil
     name = f"{folder}.zip"
     marker = root / f"{name}.extracted.json"
     archive = _download_recorded(root, name, remote, None, progress)
-    record = {"url": remote.url, "sha256": _read_json(root / CHECKSUMS)[name]["sha256"]}
+    record = {"url": remote.url, "sha256": read_json_object(root / CHECKSUMS)[name]["sha256"]}
     if not _matches(marker, record):
         members = [f"{folder}/{COVID_METADATA}", f"{folder}/{COVID_IMAGES_DIR}"]
         try:
@@ -457,7 +456,7 @@ def _download_recorded(root: Path, name: str, remote: RemoteFile, check: Callabl
                        progress: bool) -> Path:
     """Download ``name`` verified against published digests, else against ``root/checksums.json``; a first download
     is checked by ``check`` (which raises on bad content) and then recorded there."""
-    records = _read_json(root / CHECKSUMS)
+    records = read_json_object(root / CHECKSUMS)
     recorded = records.get(name, {}) if remote.url == records.get(name, {}).get("url") else {}
     path = download_file(remote.url, root / name, md5=remote.md5, sha256=remote.sha256 or recorded.get("sha256"),
                          size=remote.size or recorded.get("size"), progress=progress)
@@ -473,16 +472,7 @@ def _download_recorded(root: Path, name: str, remote: RemoteFile, check: Callabl
     return path
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    """The JSON object at ``path``; {} if it is missing or unreadable."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def _matches(marker: Path, record: Mapping[str, Any]) -> bool:
     """Whether the marker file holds every key of ``record`` with the same value."""
-    data = _read_json(marker)
+    data = read_json_object(marker)
     return all(data.get(key) == value for key, value in record.items())
