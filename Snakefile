@@ -18,3 +18,4 @@ rule all:
     input:
         "reports/tables",
         "reports/figures",
+        "reports/index.html",

@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from flexheads.config import Params, ParamsError, Run, RunConfig, load_params, params_hash
 
@@ -36,7 +37,7 @@ def error_lines(message: str) -> list[str]:
 def test_repo_params_yaml_loads() -> None:
     params = load_params(PARAMS_YAML)
     raw = raw_params()
-    assert params.seed == raw["seed"]
+    assert params.experiment.seeds == tuple(raw["experiment"]["seeds"])
     assert set(params.regimes) == set(raw["regimes"])
     assert params.model.pose3d.d_model == raw["model"]["pose3d"]["d_model"]
 
@@ -49,9 +50,9 @@ def test_dumped_copy_of_repo_file_loads(tmp_path: Path) -> None:
 def test_runs_are_the_product_in_file_order() -> None:
     params = load_params(PARAMS_YAML)
     e = raw_params()["experiment"]
-    expected = [f"{t}-{a}-{r}" for t, a, r in itertools.product(e["tasks"], e["attention"], e["regimes"])]
-    assert [run.name for run in params.runs()] == expected
-    assert len(params.runs()) == len(e["tasks"]) * len(e["attention"]) * len(e["regimes"])
+    cells = itertools.product(e["tasks"], e["attention"], e["regimes"], e["seeds"])
+    assert [run.name for run in params.runs()] == [f"{t}-{a}-{r}-{s}" for t, a, r, s in cells]
+    assert len(params.runs()) == len(e["tasks"]) * len(e["attention"]) * len(e["regimes"]) * len(e["seeds"])
 
 
 def test_runs_order_follows_the_lists_not_the_alphabet() -> None:
@@ -61,17 +62,34 @@ def test_runs_order_follows_the_lists_not_the_alphabet() -> None:
     raw["experiment"]["regimes"] = ["radam", "noam"]
     params = Params.model_validate(raw)
     assert [r.name for r in params.runs()] == [
-        "pose3d-flexible-radam",
-        "pose3d-flexible-noam",
-        "pose3d-standard-radam",
-        "pose3d-standard-noam",
+        "pose3d-flexible-radam-0",
+        "pose3d-flexible-noam-0",
+        "pose3d-standard-radam-0",
+        "pose3d-standard-noam-0",
     ]
-    assert params.runs()[1] == Run("pose3d", "flexible", "noam")
+    assert params.runs()[1] == Run("pose3d", "flexible", "noam", 0)
+
+
+def test_seeds_are_the_innermost_axis_of_the_matrix() -> None:
+    raw = raw_params()
+    raw["experiment"].update(tasks=["pose3d"], attention=["standard"], regimes=["radam", "noam"], seeds=[3, 1])
+    params = Params.model_validate(raw)
+    assert [r.name for r in params.runs()] == [
+        "pose3d-standard-radam-3", "pose3d-standard-radam-1", "pose3d-standard-noam-3", "pose3d-standard-noam-1"]
+    assert params.run_config(params.run("pose3d-standard-noam-1")).seed == 1
+    assert {r.seed for r in params.baseline_runs()} == {3}  # baselines train at the first seed
+
+
+def test_a_seed_listed_twice_is_an_error() -> None:
+    raw = raw_params()
+    raw["experiment"]["seeds"] = [0, 0]
+    with pytest.raises(ValidationError, match="lists a value twice"):
+        Params.model_validate(raw)
 
 
 def test_run_by_name() -> None:
     params = load_params(PARAMS_YAML)
-    assert params.run("pose3d-flexible-radam") == Run("pose3d", "flexible", "radam")
+    assert params.run("pose3d-flexible-radam-0") == Run("pose3d", "flexible", "radam", 0)
 
 
 def test_unknown_run_name_lists_valid_names() -> None:
@@ -204,7 +222,7 @@ def test_run_config_picks_the_regime_and_task_sections(params: Params) -> None:
     assert config.regime == params.regimes["radam"]
     assert config.model == params.model.pose3d
     assert config.train == params.train.pose3d
-    assert config.seed == params.seed
+    assert config.seed == 0
 
 
 def test_hash_is_stable(params: Params, tmp_path: Path) -> None:
@@ -256,8 +274,8 @@ def test_run_config_is_frozen(params: Params) -> None:
 
 
 def test_a_key_given_twice_is_an_error(tmp_path: Path) -> None:
-    text = PARAMS_YAML.read_text() + "\nseed: 3\n"
+    text = PARAMS_YAML.read_text() + "\nthreads: 3\n"
     path = tmp_path / "params.yaml"
     path.write_text(text)
-    with pytest.raises(ParamsError, match=r"duplicate key 'seed'"):
+    with pytest.raises(ParamsError, match=r"duplicate key 'threads'"):
         load_params(path)

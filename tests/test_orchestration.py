@@ -137,7 +137,7 @@ def test_snakemake_and_dvc_produce_identical_metrics_and_mlflow_runs(tmp_path):
         steps = getattr(params.train, task).steps
         for r in mlflow_runs:
             assert r.info.status == "FINISHED"
-            assert {"task", "attention", "regime", "git_commit", "params_hash"} <= set(r.data.tags)
+            assert {"task", "attention", "regime", "seed", "git_commit", "params_hash"} <= set(r.data.tags)
             assert main_metric[task] in r.data.metrics
             assert len(client.get_metric_history(r.info.run_id, "loss")) == steps
 
@@ -148,10 +148,18 @@ def test_dvc_reruns_only_the_stages_a_params_edit_touches(tmp_path):
     run(["dvc", "repro"], project)
     assert "Running stage" not in run(["dvc", "repro"], project)
 
+    run(["git", "add", "-A"], project)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline"], project)
+    assert "pose3d-standard-noam-0.json" in run(["dvc", "metrics", "show"], project)
+    run(["dvc", "plots", "show", "-o", str(tmp_path / "plots")], project)  # history.csv loss curves
+    assert "history.csv" in (tmp_path / "plots" / "index.html").read_text()
+
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["regimes"]["tfixup"]["lr"] = 1e-4
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     rerun = set(re.findall(r"Running stage '([^']+)'", run(["dvc", "repro"], project)))
-    assert rerun == {f"{stage}@{task}-{attention}-tfixup" for stage in ("train", "evaluate")
+    assert rerun == {f"{stage}@{task}-{attention}-tfixup-0" for stage in ("train", "evaluate")
                      for task in ("pose3d", "pose2d", "cxr") for attention in ("standard", "flexible")} | {"report"}
     assert "Running stage" not in run(["dvc", "repro"], project)
+    changed = run(["dvc", "metrics", "diff"], project)  # against the commit: only the tfixup runs moved
+    assert "tfixup" in changed and "-noam-0.json" not in changed

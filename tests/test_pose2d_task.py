@@ -9,13 +9,14 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
 from PIL import Image
 
 from flexheads.config import Params
-from flexheads.data.coco import KEYPOINT_NAMES, CocoFormatError
+from flexheads.data.coco import KEYPOINT_NAMES, SKELETON, CocoFormatError
 from flexheads.metrics.pose2d import coco_keypoint_ap, write_coco_results
 from flexheads.models.pose2d import KeypointTransformer, Pose2DConfig, heatmap_targets
 from flexheads.stages import evaluate_run, load_model, train_run
@@ -37,6 +38,11 @@ def tiny_params() -> Params:
                               "grad_snapshot_steps": [1, 2], "eval_batch_size": 16}
     raw["tracking"]["enabled"] = False
     return Params.model_validate(raw)
+
+
+def run_name(params: Params, attention: str, regime: str) -> str:
+    """The pose2d run of the matrix with this attention and regime (its first seed)."""
+    return next(r.name for r in params.runs() if r.task == "pose2d" and (r.attention, r.regime) == (attention, regime))
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +132,8 @@ def test_model_outputs_and_gradients(norm, init, d_head):
     assert coords.shape == (2, 17, 2) and ((coords > 0) & (coords < 1)).all()
     assert [w.shape for w in weights] == [(2, 4, 48, 48)] * 2  # 8×6 tokens at stride 8
     prediction = model.predict(torch.rand(2, 3, *CROP))
-    assert prediction.heatmaps.shape == (2, 17, 48) and ((prediction.confidence > 0) & (prediction.confidence <= 1)).all()
+    assert prediction.heatmaps.shape == (2, 17, 48)
+    assert ((prediction.confidence > 0) & (prediction.confidence <= 1)).all()
     pose2d.keypoint_loss(prediction, torch.rand(2, 17, 2), torch.ones(2, 17, dtype=torch.bool),
                          heatmap_targets(torch.rand(2, 17, 2), model.config, model.cell_centres)).backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
@@ -143,7 +150,7 @@ def test_integral_readout_recovers_a_keypoint_between_cells():
 
 def test_train_and_evaluate_write_metrics(prepared, tmp_path):
     params, _, h5_path, stats_path = prepared
-    run = "pose2d-flexible-tfixup"
+    run = run_name(params, "flexible", "tfixup")
     summary = train_run(params, run, h5_path, tmp_path / run, device="cpu", progress=False)
     assert summary["steps"] == 4 and np.isfinite(summary["final_loss"])
     model = load_model(tmp_path / run / "model.pt", pose2d.ARCHITECTURES)
@@ -155,6 +162,71 @@ def test_train_and_evaluate_write_metrics(prepared, tmp_path):
     per_joint = (tmp_path / "metrics" / run / "per_joint.csv").read_text().splitlines()
     assert len(per_joint) == 1 + 17
     assert (tmp_path / "metrics" / run / "per_limb.csv").exists()
+    history = pd.read_csv(tmp_path / run / "history.csv")
+    assert history.dropna(subset=["val_AP"])["step"].tolist() == [4]  # eval_every 100 > steps: the last step only
+
+    with h5py.File(h5_path) as h5:
+        val = {name: h5["val"][name][:] for name in ("images", "keypoints", "visible")}
+    with np.load(tmp_path / "metrics" / run / "attention.npz") as attention:
+        assert set(attention.files) == {"weights", "tokens", "grid", "image"}
+        weights = attention["weights"]
+        assert weights.dtype == np.float32 and weights.shape == (1, 4, 48, 48)  # n_layers, n_heads, 8×6 tokens
+        assert (weights >= 0).all()
+        np.testing.assert_allclose(weights.sum(-1), 1.0, atol=1e-5)
+        assert attention["grid"].dtype == np.int64 and attention["grid"].tolist() == [8, 6]
+        tokens = attention["tokens"].tolist()
+        assert tokens[:7] == ["r0c0", "r0c1", "r0c2", "r0c3", "r0c4", "r0c5", "r1c0"] and tokens[-1] == "r7c5"
+        assert attention["image"].dtype == np.uint8
+        np.testing.assert_array_equal(attention["image"], val["images"][0])  # the first val crop, unflipped
+
+    n = len(val["images"])
+    rows = np.linspace(0, n - 1, 6).round().astype(int)  # 6 crops evenly spaced over the val split
+    with np.load(tmp_path / "metrics" / run / "examples.npz") as examples:
+        assert set(examples.files) == {"images", "pred", "target", "visible", "joint_names", "skeleton"}
+        assert examples["images"].dtype == np.uint8
+        np.testing.assert_array_equal(examples["images"], val["images"][rows])
+        assert examples["pred"].dtype == examples["target"].dtype == np.float32
+        assert examples["pred"].shape == examples["target"].shape == (6, 17, 2)
+        np.testing.assert_array_equal(examples["target"], val["keypoints"][rows])
+        assert ((examples["pred"] >= 0) & (examples["pred"] <= [CROP[1], CROP[0]])).all()  # (x, y) in the crop
+        assert examples["visible"].dtype == bool
+        np.testing.assert_array_equal(examples["visible"], val["visible"][rows])
+        assert examples["joint_names"].tolist() == list(KEYPOINT_NAMES)
+        skeleton = examples["skeleton"]
+        assert skeleton.dtype == np.int64 and skeleton.shape == (len(SKELETON), 2)
+        assert skeleton.min() == 0 and skeleton.max() == 16
+        assert {tuple(limb) for limb in skeleton + 1} == set(SKELETON)
+
+
+def test_validation_scores_whole_images_with_evaluates_ap(prepared, monkeypatch):
+    """Validation is evaluate's AP on the first whole val images: on the tiny val split (under VALIDATION_SAMPLES
+    crops) exactly evaluate's AP; on fewer crops, perfect predictions of those images' people still score 1 (the
+    ground truth is cut to the same images)."""
+    params, _, h5_path, stats_path = prepared
+    config = params.run_config(params.run(run_name(params, "standard", "preln")))
+    torch.manual_seed(0)
+    model = pose2d.build_model(config, h5_path)
+    cpu, stats = torch.device("cpu"), json.loads(stats_path.read_text())
+    headline, _ = pose2d.evaluate(model, h5_path, stats, 16, cpu)
+    assert pose2d.validation(h5_path, config)(model, cpu) == headline[pose2d.MAIN_METRIC]
+
+    with h5py.File(h5_path) as h5:
+        image_ids, keypoints = h5["val"]["image_id"][:], h5["val"]["keypoints"][:]
+    first_image = int((image_ids == image_ids[0]).sum())
+    assert 0 < first_image < len(image_ids)
+
+    def perfect(model, images, batch_size, device, flip_test):  # the labels of the (leading) crops it is given
+        return keypoints[: len(images)] / [CROP[1], CROP[0]], np.ones((len(images), 17))
+
+    monkeypatch.setattr(pose2d, "predict", perfect)
+    assert pose2d.evaluate(model, h5_path, stats, 16, cpu)[0]["AP"] == pytest.approx(1.0)
+    monkeypatch.setattr(pose2d, "VALIDATION_SAMPLES", first_image)
+    assert pose2d.validation(h5_path, config)(model, cpu) == pytest.approx(1.0)
+
+
+def test_first_images_keeps_images_whole():
+    ids = np.array([5, 5, 2, 7, 7, 7])  # an image's crops are consecutive
+    assert [pose2d._first_images(ids, n) for n in range(1, 8)] == [2, 2, 3, 3, 3, 6, 6]
 
 
 def test_ground_truth_through_the_crop_chain_scores_ap_one(prepared, tmp_path):

@@ -7,14 +7,16 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+import pandas as pd
 import pytest
+import torch
 import yaml
 from typer.testing import CliRunner
 
 from flexheads.cli import app
-from flexheads.config import Params
+from flexheads.config import Params, Tracking
 from flexheads.data import h36m
-from flexheads.stages import evaluate_run, train_run
+from flexheads.stages import evaluate_run, load_model, train_run
 from flexheads.tasks import pose3d
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,10 +27,20 @@ def tiny_params(**train_overrides) -> Params:
     raw["experiment"]["regimes"] = ["preln", "tfixup"]
     raw["data"]["pose3d"]["synthetic"].update(frames_per_sequence=40)
     raw["model"]["pose3d"].update(d_model=32, n_heads=4, d_head_flexible=16, n_layers=2, d_ff=64)
+    raw["baselines"]["martinez_mlp"]["hidden"] = 128
     raw["train"]["pose3d"].update({"steps": 60, "batch_size": 64, "checkpoint_every": 30, "log_every": 10,
                                    **train_overrides})
     raw["tracking"]["enabled"] = False
     return Params.model_validate(raw)
+
+
+def run_name(params: Params, attention: str, regime: str) -> str:
+    """The pose3d transformer run of the matrix with this attention and regime (its first seed)."""
+    return next(r.name for r in params.runs() if r.task == "pose3d" and (r.attention, r.regime) == (attention, regime))
+
+
+def baseline_name(params: Params) -> str:
+    return next(r.name for r in params.baseline_runs() if r.task == "pose3d")
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +80,7 @@ def test_windows_repeat_edge_frames_within_a_chunk():
 def test_lifter_learns_far_below_the_mean_pose(prepared, tmp_path):
     params, h5_path, stats_path = prepared
     params = tiny_params(steps=200, batch_size=128)
-    run = "pose3d-standard-tfixup"  # no warmup: the short run learns from the first step
+    run = run_name(params, "standard", "tfixup")  # no warmup: the short run learns from the first step
     summary = train_run(params, run, h5_path, tmp_path / run, device="cpu", progress=False)
     assert not (tmp_path / run / "checkpoint.pt").exists()  # removed once model.pt is written
     metrics = evaluate_run(params, run, h5_path, stats_path, tmp_path / run, tmp_path / "metrics" / f"{run}.json",
@@ -78,11 +90,103 @@ def test_lifter_learns_far_below_the_mean_pose(prepared, tmp_path):
     per_action = (tmp_path / "metrics" / run / "per_action.csv").read_text().splitlines()
     assert len(per_action) == 1 + len(h36m.ACTIONS)
     assert summary["n_params"] > 0 and summary["steps"] == 200
+    history = pd.read_csv(tmp_path / run / "history.csv")
+    curve = history.dropna(subset=["val_mpjpe"])
+    assert curve["step"].tolist() == [50, 100, 150, 200]  # train.pose3d.eval_every: 50
+    assert curve["val_mpjpe"].iloc[-1] < curve["val_mpjpe"].iloc[0]  # the validation curve falls
+
+    with np.load(tmp_path / "metrics" / run / "attention.npz") as attention:
+        assert set(attention.files) == {"weights", "tokens", "grid", "image"}
+        weights = attention["weights"]
+        assert weights.dtype == np.float32 and weights.shape == (2, 4, 17, 17)  # n_layers, n_heads, N, N
+        assert (weights >= 0).all()
+        np.testing.assert_allclose(weights.sum(-1), 1.0, atol=1e-5)
+        assert attention["tokens"].tolist() == list(h36m.JOINT_NAMES)
+        assert attention["grid"].dtype == np.int64 and attention["grid"].tolist() == [0, 0]
+        image = attention["image"]
+    with h5py.File(h5_path) as h5:  # the first test frame's 2D input, in its camera's pixels
+        first = h5["test"]["keypoints_2d"][0]
+        camera = h36m.cameras(h5["test"]["subject"][0].decode())[h5["test"]["camera"][0]]
+    assert image.dtype == np.float32 and image.shape == (17, 2)
+    np.testing.assert_allclose(h36m.normalize_screen_coordinates(image, camera["res_w"], camera["res_h"]), first,
+                               atol=1e-5)
+    assert ((image >= 0) & (image <= [camera["res_w"], camera["res_h"]])).all()
+    check_examples(tmp_path / "metrics" / run / "examples.npz", h5_path, tmp_path / run)
+
+
+def check_examples(path: Path, h5_path: Path, model_dir: Path) -> None:
+    """examples.npz: 4 test frames evenly spaced over the split, the run's predictions and the truth, root-relative
+    in mm, and the 17-joint skeleton."""
+    test = pose3d.Split.load(h5_path, "test")
+    n = len(test.pose_3d)
+    rows = [0, round((n - 1) / 3), round(2 * (n - 1) / 3), n - 1]
+    pred = pose3d.predict(load_model(model_dir / "model.pt", pose3d.ARCHITECTURES), test, 4096, torch.device("cpu"))
+    with np.load(path) as examples:
+        assert set(examples.files) == {"pred", "target", "joint_names", "parents", "actions"}
+        assert examples["pred"].dtype == examples["target"].dtype == np.float32
+        assert examples["pred"].shape == examples["target"].shape == (4, 17, 3)
+        np.testing.assert_allclose(examples["target"], test.pose_3d[rows] * 1000.0, rtol=1e-6)
+        np.testing.assert_allclose(examples["pred"], pred[rows] * 1000.0, rtol=1e-6)
+        assert examples["joint_names"].tolist() == list(h36m.JOINT_NAMES)
+        assert examples["parents"].dtype == np.int64 and examples["parents"].tolist() == list(h36m.PARENTS)
+        assert examples["actions"].tolist() == test.action[rows].tolist()
+
+
+def test_validation_curve_reaches_history_and_mlflow_without_changing_training(prepared, tmp_path, monkeypatch):
+    """The MLP baseline (dropout and BatchNorm: the most state a validation call could disturb) trains to the
+    same weights with and without validation; the curve lands in history.csv and MLflow at exactly its steps."""
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    _, h5_path, stats_path = prepared
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    trained = {}
+    for eval_every in (0, 7):
+        params = tiny_params(eval_every=eval_every).model_copy(update={"tracking": Tracking(uri=uri)})
+        run = baseline_name(params)
+        trained[eval_every] = train_run(params, run, h5_path, tmp_path / str(eval_every), device="cpu",
+                                        progress=False)
+    models = {e: load_model(tmp_path / str(e) / "model.pt", pose3d.ARCHITECTURES) for e in trained}
+    assert type(models[7]).__name__ == "MartinezMLP"
+    reference = models[0].state_dict()
+    for key, value in models[7].state_dict().items():  # BatchNorm's running statistics included
+        assert torch.equal(value, reference[key]), key
+
+    without, with_val = (pd.read_csv(tmp_path / str(e) / "history.csv") for e in (0, 7))
+    assert "val_mpjpe" not in without.columns
+    pd.testing.assert_frame_equal(with_val.drop(columns="val_mpjpe"), without)
+    expected = [7, 14, 21, 28, 35, 42, 49, 56, 60]  # every 7th step and the last
+    assert with_val.dropna(subset=["val_mpjpe"])["step"].tolist() == expected
+    raw_rows = (tmp_path / "7" / "history.csv").read_text().splitlines()
+    assert raw_rows[0].split(",")[-1] == "val_mpjpe" and raw_rows[1].endswith(",")  # an empty cell at step 1
+
+    logged = MlflowClient(uri).get_metric_history(trained[7]["mlflow_run_id"], "val_mpjpe")
+    curve = with_val.dropna(subset=["val_mpjpe"])
+    assert sorted((m.step, m.value) for m in logged) == list(zip(expected, curve["val_mpjpe"]))
+
+    out = tmp_path / "metrics" / f"{run}.json"
+    evaluate_run(params, run, h5_path, stats_path, tmp_path / "7", out, device="cpu")
+    assert not (out.with_suffix("") / "attention.npz").exists()  # the MLP has no attention
+    check_examples(out.with_suffix("") / "examples.npz", h5_path, tmp_path / "7")
+
+
+def test_validation_on_the_whole_test_split_is_the_evaluated_mpjpe(prepared, tmp_path, monkeypatch):
+    """The validation metric is evaluate's MAIN_METRIC, computed by the same code: on every test frame the two agree."""
+    params, h5_path, stats_path = prepared
+    run = params.run(run_name(params, "flexible", "preln"))
+    config = params.run_config(run)
+    model = pose3d.build_model(config, h5_path)
+    headline, _ = pose3d.evaluate(model, h5_path, json.loads(stats_path.read_text()),
+                                  config.train.eval_batch_size, torch.device("cpu"))
+    assert pose3d.validation(h5_path, config)(model, torch.device("cpu")) != headline[pose3d.MAIN_METRIC]  # subset
+    monkeypatch.setattr(pose3d, "VALIDATION_SAMPLES", headline["test_frames"])
+    assert pose3d.validation(h5_path, config)(model, torch.device("cpu")) == headline[pose3d.MAIN_METRIC]
 
 
 def test_cpu_training_is_bit_identical(prepared, tmp_path):
     params, h5_path, stats_path = prepared
-    run = "pose3d-flexible-tfixup"
+    run = run_name(params, "flexible", "tfixup")
     results = []
     for attempt in ("a", "b"):
         train_run(params, run, h5_path, tmp_path / attempt, device="cpu", progress=False)

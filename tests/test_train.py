@@ -1,8 +1,9 @@
 """The training loop on a tiny CPU regression model: bit-identical reruns, resume == uninterrupted, atomic
-checkpoints, divergence handling, logging, per-step learning rates, gradient histograms and clipping."""
+checkpoints, divergence handling, logging, validation, per-step learning rates, gradient histograms and clipping."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from pathlib import Path
@@ -13,7 +14,7 @@ import torch
 import yaml
 from torch import nn
 
-from flexheads.config import Params, Run, RunConfig
+from flexheads.config import Params, RunConfig
 from flexheads.optim.schedules import lr_at
 from flexheads.train import (
     CHECKPOINT,
@@ -35,13 +36,15 @@ def make_config(regime: str = "preln", *, seed: int = 0, regime_updates: dict[st
                 **train: Any) -> RunConfig:
     """A validated RunConfig from the repo's params.yaml with a short run: 30 steps, checkpoints every 10."""
     raw = yaml.safe_load(PARAMS_YAML.read_text())
-    raw["seed"] = seed
+    raw["experiment"]["seeds"] = [seed]
     raw["regimes"]["preln"].update(lr=1e-2, warmup=5)  # warm up within the short run
     raw["regimes"][regime].update(regime_updates or {})
     raw["train"]["pose3d"].update(
         {"steps": 30, "checkpoint_every": 10, "log_every": 5, "grad_snapshot_steps": [1, 2, 5, 40], **train}
     )
-    return Params.model_validate(raw).run_config(Run("pose3d", "standard", regime))
+    params = Params.model_validate(raw)
+    (run,) = [r for r in params.runs() if r.task == "pose3d" and r.attention == "standard" and r.regime == regime]
+    return params.run_config(run)
 
 
 def tiny_model() -> nn.Module:
@@ -302,6 +305,76 @@ def test_log_after_resume_misses_no_step(tmp_path: Path) -> None:
     assert [[row["step"] for row in rows] for rows in second][0] == [9, 10, 11, 12]
     assert [row["step"] for rows in second for row in rows] == list(range(9, 31))
     assert [row for rows in first + second for row in rows] == result.history
+
+
+# --- validation ---------------------------------------------------------------------------------------
+
+VAL_KEY = "val_metric"
+
+
+class Validator:
+    """A ``validate`` that records the mode it runs in and draws random numbers, which must not reach training."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[bool, bool]] = []  # (model.training, grad enabled) per call
+
+    def __call__(self, model: nn.Module, device: torch.device) -> float:
+        self.calls.append((model.training, torch.is_grad_enabled()))
+        noise = torch.randn(8, 4)  # the global generator: the same one dropout draws from
+        x, y = batch_at(0)
+        return nn.functional.mse_loss(model(x.to(device) + 0.01 * noise), y.to(device)).item()
+
+
+def validated_steps(history: list[dict[str, float]]) -> list[int]:
+    return [row["step"] for row in history if VAL_KEY in row]
+
+
+@pytest.mark.parametrize(("steps", "eval_every", "expected"), [
+    (23, 2, [*range(2, 23, 2), 23]),  # every eval_every-th step and the last
+    (24, 4, [4, 8, 12, 16, 20, 24]),  # the last step is one of them: once
+    (23, 0, []),  # 0 disables validation
+])
+def test_validation_leaves_training_bit_identical(tmp_path: Path, steps: int, eval_every: int,
+                                                  expected: list[int]) -> None:
+    ref_model, ref = train(make_config(steps=steps, eval_every=0), tmp_path / "none")
+    validator = Validator()
+    model, result = train(make_config(steps=steps, eval_every=eval_every), tmp_path / "validated",
+                          validate=validator, validate_key=VAL_KEY)
+    assert_same_weights(model, ref_model)
+    assert [{k: v for k, v in row.items() if k != VAL_KEY} for row in result.history] == ref.history
+    assert validated_steps(result.history) == expected
+    assert all(set(row) == {"step", "loss", "lr", "grad_norm", VAL_KEY} for row in result.history
+               if row["step"] in expected)
+    assert validator.calls == [(False, False)] * len(expected)  # eval mode, no autograd
+    assert model.training  # back in train mode
+
+
+def test_validation_without_rng_isolation_would_change_training(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Control for the test above: the validator's draws would shift the dropout masks that follow."""
+    ref_model, _ = train(make_config(eval_every=0), tmp_path / "none")
+    monkeypatch.setattr(torch.random, "fork_rng", lambda *args, **kwargs: contextlib.nullcontext())
+    model, _ = train(make_config(eval_every=2), tmp_path / "validated", validate=Validator(), validate_key=VAL_KEY)
+    assert any(not torch.equal(a, b) for a, b in zip(weights(model).values(), weights(ref_model).values()))
+
+
+def test_validation_values_are_logged_checkpointed_and_resumed(tmp_path: Path) -> None:
+    config = make_config(eval_every=4, log_every=4)
+    ref_model, ref = train(config, tmp_path / "ref", validate=Validator(), validate_key=VAL_KEY)
+
+    first: list[list[dict[str, float]]] = []
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path / "resumed", Recorder(fail_at=17), log=first.append, validate=Validator(),
+              validate_key=VAL_KEY)
+    assert validated_steps(load_checkpoint(tmp_path / "resumed")["history"]) == [4, 8]
+    second: list[list[dict[str, float]]] = []
+    model, result = train(config, tmp_path / "resumed", log=second.append, validate=Validator(),
+                          validate_key=VAL_KEY)
+    assert result.history == ref.history
+    assert_same_weights(model, ref_model)
+    assert validated_steps(result.history) == [4, 8, 12, 16, 20, 24, 28, 30]
+    logged = {row["step"]: row[VAL_KEY] for rows in first + second for row in rows if VAL_KEY in row}
+    assert logged == {row["step"]: row[VAL_KEY] for row in ref.history if VAL_KEY in row}
 
 
 # --- learning rate, gradients -------------------------------------------------------------------------

@@ -2,8 +2,9 @@
 
 Every stage reads its settings from here, so a typo in params.yaml fails once, up front, with the key
 path and the allowed values (``ParamsError``), never deep inside torch.  ``Params.runs()`` is the one
-definition of the matrix ``tasks × attention × regimes`` that the CLI, Snakemake and DVC all share;
-``Run.name`` is ``<task>-<attention>-<regime>``.
+definition of the matrix ``tasks × attention × regimes × seeds`` that the CLI, Snakemake and DVC all share;
+``Run.name`` is ``<task>-<attention>-<regime>-<seed>``, DVC's name for the matrix cell (a baseline:
+``<task>-<baseline>``).
 """
 
 from __future__ import annotations
@@ -96,6 +97,7 @@ class TrainSettings(_Section):
     log_every: PositiveInt = 25  # metrics are buffered and sent to MLflow in one batch per interval
     grad_snapshot_steps: tuple[PositiveInt, ...] = (1, 2, 5, 10, 20, 50, 100)  # gradient histograms, fig. 3.16
     eval_batch_size: PositiveInt = 2048
+    eval_every: NonNegativeInt = 100  # validation metric every eval_every steps (training curves); 0 disables
     lr_scale: Annotated[float, Field(gt=0.0)] = 1.0  # multiplies every regime's lr for this task's models
 
 
@@ -219,13 +221,14 @@ class DataSettings(_Section):
 
 
 class Experiment(_Section):
-    """The matrix: one train/evaluate run per task × attention × regime."""
+    """The matrix: one train/evaluate run per task × attention × regime × seed."""
 
     tasks: tuple[Literal[TASKS], ...] = ("pose3d",)  # type: ignore[valid-type]
     attention: tuple[Literal[ATTENTIONS], ...] = ATTENTIONS  # type: ignore[valid-type]
     regimes: tuple[str, ...] = REGIMES
+    seeds: tuple[NonNegativeInt, ...] = (0,)  # model init and batch order; the report gives mean ± std over seeds
 
-    @field_validator("tasks", "attention", "regimes")
+    @field_validator("tasks", "attention", "regimes", "seeds")
     @classmethod
     def _non_empty_unique(cls, values: tuple[str, ...]) -> tuple[str, ...]:
         if not values:
@@ -255,7 +258,6 @@ class Tracking(_Section):
 class Params(_Section):
     """The whole params.yaml."""
 
-    seed: NonNegativeInt = 0
     threads: PositiveInt = 1  # CPU threads per train/evaluate process: float sums depend on it, so it is a param
     experiment: Experiment = Experiment()
     regimes: dict[str, Regime]
@@ -283,14 +285,14 @@ class Params(_Section):
         return self
 
     def runs(self) -> list[Run]:
-        """The experiment matrix in a stable order (task, attention, regime)."""
+        """The experiment matrix in a stable order (task, attention, regime, seed)."""
         e = self.experiment
-        return [Run(*cell) for cell in itertools.product(e.tasks, e.attention, e.regimes)]
+        return [Run(*cell) for cell in itertools.product(e.tasks, e.attention, e.regimes, e.seeds)]
 
     def baseline_runs(self) -> list[Run]:
-        """One run per baseline of a task in the matrix, named ``<task>-<baseline>``."""
-        return [Run(b.task, "none", b.regime, baseline=name) for name, b in self.baselines.items()
-                if b.task in self.experiment.tasks]
+        """One run per baseline of a task in the matrix, named ``<task>-<baseline>``, at the matrix's first seed."""
+        return [Run(b.task, "none", b.regime, self.experiment.seeds[0], baseline=name)
+                for name, b in self.baselines.items() if b.task in self.experiment.tasks]
 
     def all_runs(self) -> list[Run]:
         return self.runs() + self.baseline_runs()
@@ -305,7 +307,7 @@ class Params(_Section):
     def run_config(self, run: Run) -> RunConfig:
         return RunConfig(
             run=run,
-            seed=self.seed,
+            seed=run.seed,
             regime=self.regimes[run.regime],
             model=getattr(self.model, run.task),
             train=getattr(self.train, run.task),
@@ -320,11 +322,14 @@ class Run:
     task: str
     attention: str  # standard | flexible ("none" for a baseline)
     regime: str
+    seed: int = 0
     baseline: str | None = None  # a baseline model name instead of the task's transformer
 
     @property
     def name(self) -> str:
-        return f"{self.task}-{self.baseline}" if self.baseline else f"{self.task}-{self.attention}-{self.regime}"
+        if self.baseline:
+            return f"{self.task}-{self.baseline}"
+        return f"{self.task}-{self.attention}-{self.regime}-{self.seed}"
 
 
 @dataclass(frozen=True)

@@ -5,10 +5,20 @@ writes every output atomically.  Outputs of ``train_run`` under ``models/<run>/`
 
 * ``model.pt``: weights + model config + run config (load with ``weights_only=True``);
 * ``train.json``: MLflow run id, parameter count, wall time, final loss, params hash, git commit;
-* ``history.csv``: per-step loss, lr, grad norm (training curves);
+* ``history.csv``: per-step loss, lr, grad norm (training curves), and ``val_<main metric>`` (e.g. ``val_mpjpe``)
+  every ``train.<task>.eval_every`` steps and at the last step, the task's ``validation`` subset (validation
+  curves; empty cells at the other steps, no column with ``eval_every: 0``);
 * ``grad_histograms.json``: log10|grad| histograms at the snapshot steps (figure 3.16).
 
 ``checkpoint.pt`` lives there while a run is in progress and is removed once ``model.pt`` is written.
+Outputs of ``evaluate_run``: ``metrics/<run>.json`` (headline metrics on the test split) and under
+``metrics/<run>/`` the task's tables (the task's ``evaluate`` docstring has their contracts):
+
+* ``<table>.csv``: breakdowns (per action, per joint, per class, ...);
+* ``attention.npz``: one fixed test input's attention maps per layer and head, its token names and the input
+  (every transformer run; not the MLP baseline);
+* ``examples.npz``: predictions and ground truth of fixed test samples (pose3d and pose2d runs);
+* ``gradcam.npz``: Grad-CAM maps of test lesions (cxr on data with lesion masks).
 """
 
 from __future__ import annotations
@@ -51,6 +61,7 @@ def train_run(params: Params, run_name: str, data_h5: Path, out_dir: Path, devic
     seed_everything(config.seed)
     model = task.build_model(config, data_h5)
     batch_at, loss_fn = task.training_batches(data_h5, config)
+    validate = task.validation(data_h5, config) if config.train.eval_every else None
     out_dir.mkdir(parents=True, exist_ok=True)
     device_used = pick_device(device)
     tracker = _tracker(params, config, out_dir)
@@ -58,7 +69,8 @@ def train_run(params: Params, run_name: str, data_h5: Path, out_dir: Path, devic
 
     try:
         result = fit(model, loss_fn, batch_at, config, out_dir, device=device_used,
-                     log=tracker.log_rows if tracker else None, progress=progress)
+                     log=tracker.log_rows if tracker else None, validate=validate,
+                     validate_key=f"val_{task.MAIN_METRIC}", progress=progress)
     except BaseException:
         if tracker:
             tracker.finish("FAILED")
@@ -91,7 +103,7 @@ def evaluate_run(params: Params, run_name: str, data_h5: Path, stats_json: Path,
                  device: str = "auto") -> dict[str, Any]:
     """Evaluate a trained run on the test split: ``out_json`` (DVC metrics) + the task's breakdown tables as
     ``<out_json without .json>/<table>.csv`` (per action, per joint, per class, ...) and arrays the report draws
-    (Grad-CAM maps) as ``<table>.npz``."""
+    (attention maps, examples, Grad-CAM maps) as ``<table>.npz``."""
     run = params.run(run_name)
     task = task_module(run.task)
     torch.set_num_threads(params.threads)
@@ -159,8 +171,8 @@ def _tracker(params: Params, config: RunConfig, out_dir: Path) -> Any:
     if (out_dir / CHECKPOINT).exists() and run_id_file.exists():
         return Tracker.resume(uri, run_id_file.read_text().strip())
     run = config.run
-    tags = {"task": run.task, "attention": run.attention, "regime": run.regime, "git_commit": git_commit(),
-            "params_hash": config.hash()}
+    tags = {"task": run.task, "attention": run.attention, "regime": run.regime, "seed": str(run.seed),
+            "git_commit": git_commit(), "params_hash": config.hash()}
     tracker = Tracker.start(uri, experiment=run.task, run_name=run.name, tags=tags, params=config.flat())
     with atomic_path(run_id_file) as tmp:
         tmp.write_text(tracker.run_id)

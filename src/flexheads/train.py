@@ -3,8 +3,9 @@
 A task supplies ``batch_at(step)`` (the batch for a step, a pure function of the seed and the step, so a
 resumed run sees exactly the batches an uninterrupted one would) and ``loss_fn(model, batch)``.  The loop
 owns the step counter and sets each step's learning rate from the regime's schedule.  It records per-step
-loss, learning rate and gradient norm, and histograms of ``log10|grad|`` at ``grad_snapshot_steps`` for the
-thesis's figure 3.16.  On CPU the same config gives bit-identical results, interrupted or not.
+loss, learning rate and gradient norm, histograms of ``log10|grad|`` at ``grad_snapshot_steps`` for the
+thesis's figure 3.16, and, given a task's ``validate``, a held-out metric every ``eval_every`` steps (the
+validation curves).  On CPU the same config gives bit-identical results, interrupted or not, validated or not.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ class TrainResult:
     steps: int
     final_loss: float
     wall_time_s: float
-    history: list[dict[str, float]]  # one row per step: step, loss, lr, grad_norm
+    history: list[dict[str, float]]  # one row per step: step, loss, lr, grad_norm (+ the metric at validation steps)
     grad_histograms: dict[int, list[int]]  # step -> counts over GRAD_BINS
 
 
@@ -73,6 +74,8 @@ def fit(
     *,
     device: torch.device,
     log: Callable[[list[dict[str, float]]], None] | None = None,
+    validate: Callable[[nn.Module, torch.device], float] | None = None,
+    validate_key: str = "val",
     progress: bool = True,  # a progress bar when stderr is a terminal
 ) -> TrainResult:
     """Train ``model`` for ``config.train.steps`` steps, resuming from ``out_dir/checkpoint.pt`` if present.
@@ -82,6 +85,10 @@ def fit(
         log: called with the buffered per-step rows every ``log_every`` steps, at the end and before raising
             ``TrainingDiverged`` (MLflow).  Every step is logged at least once; a resumed run re-sends the
             rows after the last ``log_every`` boundary before its checkpoint (same values, same steps).
+        validate: ``(model, device) -> metric`` on held-out data, called after the optimiser step of every
+            ``eval_every``-th step and of the last step (never when ``eval_every`` is 0) by :func:`validated`,
+            which leaves training bit-identical; the value goes into that step's history row as
+            ``validate_key``, and rows of other steps lack the key.
     Raises:
         TrainingDiverged: on a NaN/inf loss; the checkpoint of the last good interval stays on disk.
     """
@@ -91,7 +98,8 @@ def fit(
     optimizer = build_optimizer(
         model.parameters(), regime.optimizer, lr=lr, betas=regime.betas, weight_decay=regime.weight_decay
     )
-    lr_of_step = lr_at(regime.schedule, lr=lr, warmup=regime.warmup, beta2=regime.betas[1], d_model=config.model.d_model)
+    lr_of_step = lr_at(regime.schedule, lr=lr, warmup=regime.warmup, beta2=regime.betas[1],
+                       d_model=config.model.d_model)
     checkpoint = out_dir / CHECKPOINT
     state = _resume_state(checkpoint, model, optimizer, device, config.hash())
     parameters = [p for p in model.parameters() if p.requires_grad]
@@ -101,6 +109,7 @@ def fit(
     last_logged = state["step"] - state["step"] % settings.log_every
     unlogged: list[dict[str, float]] = [row for row in state["history"] if row["step"] > last_logged]
     started = time.perf_counter() - state["wall_time_s"]
+    validates = validate is not None and settings.eval_every > 0
 
     model.train()
     bar = tqdm(range(state["step"] + 1, settings.steps + 1), desc=config.run.name, disable=None if progress else True,
@@ -130,6 +139,8 @@ def fit(
         optimizer.step()
 
         row = {"step": step, "loss": loss_value, "lr": lr, "grad_norm": grad_norm}
+        if validates and (step % settings.eval_every == 0 or step == settings.steps):
+            row[validate_key] = validated(model, validate, device)
         state["history"].append(row)
         unlogged.append(row)
         bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
@@ -149,6 +160,18 @@ def fit(
         history=history,
         grad_histograms=state["grad_histograms"],
     )
+
+
+def validated(model: nn.Module, validate: Callable[[nn.Module, torch.device], float], device: torch.device) -> float:
+    """``validate(model, device)`` under ``torch.no_grad()`` with the model in eval mode (no dropout, BatchNorm's
+    running statistics used and left alone), back in train mode afterwards, and the RNG states of the CPU and of
+    ``device`` restored: whatever ``validate`` does, the training run continues exactly as without it."""
+    rng_devices = [] if device.type == "cpu" else [device]  # the CPU generator is always forked
+    with torch.random.fork_rng(devices=rng_devices, device_type=device.type), torch.no_grad():
+        model.eval()
+        value = float(validate(model, device))
+    model.train()
+    return value
 
 
 def _fresh_state(config_hash: str) -> dict[str, Any]:

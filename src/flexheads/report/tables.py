@@ -1,8 +1,16 @@
-"""Comparison tables per task: one row per run, best value per column marked; Markdown, LaTeX and CSV.
+"""The report's tables, each as Markdown, LaTeX (booktabs) and CSV under ``reports/tables/``.
 
-Reads only what the train and evaluate stages wrote (``metrics/<run>.json``, ``models/<run>/train.json``):
-the DAG is the truth.  A run of the matrix without its files stops the report with the list of missing
-files; no row is ever dropped silently.
+* ``<task>``: one row per run (attention × regime × seed, then the baselines), the task's headline metrics,
+  parameter count, train time, final loss and MLflow run id; the best value per column in bold.
+* ``summary``: across tasks, per regime: the main metric with standard and flexible heads and the two
+  comparisons the thesis asks for, flexible − standard and each regime − the task's best regime, as
+  mean ± std over the seeds of ``experiment.seeds`` (differences are paired by seed).
+* ``<task>_<breakdown>``: one row per attention × regime (mean over seeds), one column per action, joint or
+  finding (the task's ``REPORT_BREAKDOWNS``), best value per column in bold.
+
+Reads only what the train and evaluate stages wrote (``metrics/<run>.json``, ``metrics/<run>/*.csv``,
+``models/<run>/train.json``): the DAG is the truth.  A run of the matrix without its files stops the report
+with the list of missing files; no row is ever dropped silently.
 """
 
 from __future__ import annotations
@@ -10,10 +18,12 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Callable
 
+import numpy as np
 import pandas as pd
 
-from flexheads.config import Params
+from flexheads.config import Params, Run
 from flexheads.io import write_text
 from flexheads.stages import task_module
 
@@ -23,78 +33,187 @@ RUN_COLUMNS = [  # (key in train.json, header, better)
     ("final_loss", "final train loss", None),
     ("mlflow_run_id", "MLflow run", None),
 ]
+Bold = set[tuple[int, int]]  # (row, column) cells of a table to set in bold
 
 
-def collect(params: Params, task: str, metrics_dir: Path, models_dir: Path) -> pd.DataFrame:
-    """One row per run of ``task``: its metrics JSON merged with its train summary."""
-    runs = [r for r in params.all_runs() if r.task == task]
-    paths = {r.name: (metrics_dir / f"{r.name}.json", models_dir / r.name / "train.json") for r in runs}
-    missing = [str(p) for pair in paths.values() for p in pair if not p.exists()]
+def require(paths: list[Path]) -> None:
+    """FileNotFoundError listing every path of ``paths`` that does not exist."""
+    missing = [str(p) for p in paths if not p.exists()]
     if missing:
         raise FileNotFoundError(
             "the report needs every run of the matrix; missing files (run their train/evaluate stages):\n  "
             + "\n  ".join(missing)
         )
-    rows = [{**json.loads(m.read_text()), **json.loads(t.read_text())} for m, t in paths.values()]
+
+
+def task_runs(params: Params, task: str) -> list[Run]:
+    return [r for r in params.all_runs() if r.task == task]
+
+
+def collect(params: Params, task: str, metrics_dir: Path, models_dir: Path) -> pd.DataFrame:
+    """One row per run of ``task``: its metrics JSON merged with its train summary, and its seed."""
+    runs = task_runs(params, task)
+    paths = [(metrics_dir / f"{r.name}.json", models_dir / r.name / "train.json") for r in runs]
+    require([p for pair in paths for p in pair])
+    rows = [{**json.loads(m.read_text()), **json.loads(t.read_text()), "seed": r.seed}
+            for r, (m, t) in zip(runs, paths)]
     return pd.DataFrame(rows)
 
 
-def comparison_table(frame: pd.DataFrame, task: str) -> tuple[pd.DataFrame, dict[str, int]]:
-    """The table's columns (formatted strings) and, per column, the run whose value is best (none for a column
-    whose metric no run defines, e.g. AUROC of a test set without positives)."""
+def best_cells(values: pd.DataFrame, better: dict[str, str | None]) -> Bold:
+    """Per column with a direction (``"min"``/``"max"``), the row of the best value; columns whose values are
+    all undefined (NaN, e.g. AUROC of a test set without positives) get no mark."""
+    cells = set()
+    for j, column in enumerate(values.columns):
+        numbers = pd.to_numeric(values[column], errors="coerce")
+        if better.get(column) is not None and numbers.notna().any():
+            best = numbers.idxmin() if better[column] == "min" else numbers.idxmax()
+            cells.add((values.index.get_loc(best), j))
+    return cells
+
+
+def comparison_table(params: Params, frame: pd.DataFrame, task: str) -> tuple[pd.DataFrame, Bold]:
+    """The per-task table (formatted later) and its best cells; a seed column only with more than one seed."""
     columns = [("model", "model", None), ("attention", "attention", None), ("regime", "regime", None),
+               *([("seed", "seed", None)] if len(params.experiment.seeds) > 1 else []),
                *task_module(task).REPORT_COLUMNS, *RUN_COLUMNS]
     table = pd.DataFrame({header: frame[key] for key, header, _ in columns})
-    best = {}
-    for key, header, better in columns:
-        values = pd.to_numeric(frame[key], errors="coerce")  # null where a metric is undefined on this data
-        if better is not None and values.notna().any():
-            best[header] = values.idxmin() if better == "min" else values.idxmax()
-    return table, best
+    return table, best_cells(table, {header: better for _, header, better in columns})
 
 
-def to_markdown(table: pd.DataFrame, best: dict[str, int], caption: str) -> str:
-    cells = [[_format(v) for v in row] for row in table.itertuples(index=False)]
-    for header, index in best.items():
-        j = list(table.columns).index(header)
-        cells[index][j] = f"**{cells[index][j]}**"
+def main_metric_direction(task: str) -> tuple[str, str, str]:
+    """(key, header, better) of the task's main metric in its REPORT_COLUMNS."""
+    module = task_module(task)
+    return next(c for c in module.REPORT_COLUMNS if c[0] == module.MAIN_METRIC)
+
+
+def mean_std(values: np.ndarray) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof 1; NaN for a single value) over seeds."""
+    values = np.asarray(values, dtype=float)
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
+
+
+def summary_table(frames: dict[str, pd.DataFrame]) -> tuple[pd.DataFrame, Bold]:
+    """Rows task × regime of the transformer runs: main metric with standard / flexible heads, the paired
+    difference flexible − standard, and the regime's difference to the task's best regime (main metric
+    averaged over attention, paired by seed); cells are ``(mean, std)`` over seeds.  Bold: per task, the
+    best regime of each attention column."""
+    rows, bold = [], set()
+    for task, frame in frames.items():
+        key, header, better = main_metric_direction(task)
+        runs = frame[frame["model"] == "transformer"]
+        by_seed = runs.pivot_table(index=["regime", "seed"], columns="attention", values=key, aggfunc="first")
+        regimes = list(dict.fromkeys(runs["regime"]))
+        per_seed_mean = by_seed.mean(axis=1).unstack("seed")  # regime × seed, averaged over attention
+        pick = np.nanargmin if better == "min" else np.nanargmax
+        best_regime = regimes[int(pick(per_seed_mean.loc[regimes].mean(axis=1).to_numpy()))]
+        start = len(rows)
+        for regime in regimes:
+            cells = by_seed.loc[regime]
+            row = {"task": task, "metric": header, "regime": regime}
+            for attention in ("standard", "flexible"):
+                row[attention] = mean_std(cells[attention]) if attention in cells else (math.nan, math.nan)
+            row["flexible − standard"] = (mean_std(cells["flexible"] - cells["standard"])
+                                          if {"standard", "flexible"} <= set(cells) else (math.nan, math.nan))
+            row["vs best regime"] = mean_std(per_seed_mean.loc[regime] - per_seed_mean.loc[best_regime])
+            rows.append(row)
+        block = pd.DataFrame(rows[start:])
+        for j, attention in ((3, "standard"), (4, "flexible")):
+            means = block[attention].map(lambda cell: cell[0])
+            if means.notna().any():
+                bold.add((start + int(means.idxmin() if better == "min" else means.idxmax()), j))
+    return pd.DataFrame(rows), bold
+
+
+def breakdown_table(params: Params, task: str, name: str, key: str, value: str, better: str,
+                    metrics_dir: Path) -> tuple[pd.DataFrame, Bold]:
+    """Rows attention × regime (``value`` averaged over seeds), one column per ``key`` entry of the
+    ``metrics/<run>/<name>.csv`` tables of the task's transformer runs."""
+    runs = [r for r in params.runs() if r.task == task]
+    paths = [metrics_dir / r.name / f"{name}.csv" for r in runs]
+    require(paths)
+    long = pd.concat([pd.read_csv(p).assign(attention=r.attention, regime=r.regime) for r, p in zip(runs, paths)])
+    wide = long.pivot_table(index=["attention", "regime"], columns=key, values=value, aggfunc="mean", sort=False)
+    wide = wide[list(dict.fromkeys(long[key]))]  # columns in the tables' order (actions, joints, findings)
+    table = wide.reset_index()
+    table.columns = [str(c).replace("_", " ") for c in table.columns]
+    return table, best_cells(table, {c: better for c in table.columns[2:]})
+
+
+def write_table(base: Path, table: pd.DataFrame, bold: Bold, caption: str, csv: pd.DataFrame | None = None) -> list[Path]:
+    """``base.md``, ``base.tex`` and ``base.csv`` (``csv`` if given: the unformatted data)."""
+    write_text(base.with_suffix(".md"), to_markdown(table, bold, caption))
+    write_text(base.with_suffix(".tex"), to_latex(table, bold, caption, f"tab:{base.name}"))
+    write_text(base.with_suffix(".csv"), (table if csv is None else csv).to_csv(index=False))
+    return [base.with_suffix(s) for s in (".md", ".tex", ".csv")]
+
+
+def write_tables(params: Params, metrics_dir: Path, models_dir: Path, out_dir: Path) -> list[Path]:
+    """Every table of the module docstring into ``<out>/tables/``; returns the written paths."""
+    tables, written, frames = out_dir / "tables", [], {}
+    for task in params.experiment.tasks:
+        module = task_module(task)
+        frames[task] = frame = collect(params, task, metrics_dir, models_dir)
+        table, bold = comparison_table(params, frame, task)
+        written += write_table(tables / task, table, bold, module.REPORT_CAPTION, csv=frame)
+        for name, key, value, label, better in module.REPORT_BREAKDOWNS:
+            table, bold = breakdown_table(params, task, name, key, value, better, metrics_dir)
+            caption = f"{task}: {label} per {key.replace('_', ' ')} (test split; mean over seeds)."
+            written += write_table(tables / f"{task}_{name}", table, bold, caption)
+
+    summary, bold = summary_table(frames)
+    seeds = params.experiment.seeds
+    caption = (f"Main metric per task and regime with standard and flexible heads, mean ± std over seeds "
+               f"{list(seeds)}; differences paired by seed ('vs best regime': the regime minus the task's best "
+               f"regime, both averaged over attention). Best regime per task in bold."
+               if len(seeds) > 1 else
+               f"Main metric per task and regime with standard and flexible heads (seed {seeds[0]}; list more "
+               f"seeds in experiment.seeds for mean ± std). Best regime per task in bold.")
+    flat = summary.copy()
+    for column in ("standard", "flexible", "flexible − standard", "vs best regime"):
+        flat[f"{column} mean"], flat[f"{column} std"] = zip(*summary[column])
+        flat = flat.drop(columns=column)
+    written += write_table(tables / "summary", summary, bold, caption, csv=flat)
+    return written
+
+
+def to_markdown(table: pd.DataFrame, bold: Bold, caption: str) -> str:
+    cells = _cells(table, bold, "**{}**", str)
     lines = [f"| {' | '.join(table.columns)} |", f"|{'|'.join('---' for _ in table.columns)}|"]
     lines += [f"| {' | '.join(row)} |" for row in cells]
     return f"{caption}\n\n" + "\n".join(lines) + "\n"
 
 
-def to_latex(table: pd.DataFrame, best: dict[str, int], caption: str, label: str) -> str:
-    cells = [[_latex_escape(_format(v)) for v in row] for row in table.itertuples(index=False)]
-    for header, index in best.items():
-        j = list(table.columns).index(header)
-        cells[index][j] = f"\\textbf{{{cells[index][j]}}}"
-    align = "lll" + "r" * (len(table.columns) - 3)
+def to_latex(table: pd.DataFrame, bold: Bold, caption: str, label: str) -> str:
+    cells = _cells(table, bold, "\\textbf{{{}}}", _latex_escape)
+    align = "".join("l" if table[c].map(lambda v: isinstance(v, str)).all() else "r" for c in table.columns)
     body = "\n".join(" & ".join(row) + r" \\" for row in cells)
     header = " & ".join(_latex_escape(c) for c in table.columns) + r" \\"
+    tabular = (f"\\begin{{tabular}}{{{align}}}\n\\toprule\n{header}\n\\midrule\n{body}\n\\bottomrule\n"
+               "\\end{tabular}")
+    if len(table.columns) > 10:  # breakdowns: one column per joint, action or finding
+        tabular = f"\\resizebox{{\\textwidth}}{{!}}{{%\n{tabular}}}"
     return (
         "\\begin{table}[t]\n\\centering\n\\small\n"
-        f"\\caption{{{_latex_escape(caption)}}}\n\\label{{{label}}}\n"
-        f"\\begin{{tabular}}{{{align}}}\n\\toprule\n{header}\n\\midrule\n{body}\n\\bottomrule\n"
-        "\\end{tabular}\n\\end{table}\n"
+        f"\\caption{{{_latex_escape(caption)}}}\n\\label{{{label}}}\n{tabular}\n\\end{{table}}\n"
     )
 
 
-def write_tables(params: Params, metrics_dir: Path, models_dir: Path, out_dir: Path) -> list[Path]:
-    """``<out>/tables/<task>.{md,tex,csv}`` for every task of the matrix; returns the written paths."""
-    written = []
-    for task in params.experiment.tasks:
-        frame = collect(params, task, metrics_dir, models_dir)
-        table, best = comparison_table(frame, task)
-        caption = task_module(task).REPORT_CAPTION
-        base = out_dir / "tables" / task
-        write_text(base.with_suffix(".md"), to_markdown(table, best, caption))
-        write_text(base.with_suffix(".tex"), to_latex(table, best, caption, f"tab:{task}"))
-        write_text(base.with_suffix(".csv"), frame.to_csv(index=False))
-        written += [base.with_suffix(s) for s in (".md", ".tex", ".csv")]
-    return written
+def _cells(table: pd.DataFrame, bold: Bold, emphasis: str, escape: Callable[[str], str]) -> list[list[str]]:
+    cells = [[escape(_format(v)) for v in row] for row in table.itertuples(index=False)]
+    for i, j in bold:
+        cells[i][j] = emphasis.format(cells[i][j])
+    return cells
 
 
 def _format(value: object) -> str:
+    """Numbers to 4 decimals below 1, one decimal above; ``(mean, std)`` as ``mean ± std``; undefined as —."""
+    if isinstance(value, tuple):
+        mean, std = value
+        if math.isnan(std) or math.isnan(mean):
+            return _format(mean)
+        decimals = 4 if max(abs(mean), std) < 1 else 1
+        return f"{mean:.{decimals}f} ± {std:.{decimals}f}"
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
     if isinstance(value, float):
@@ -103,6 +222,7 @@ def _format(value: object) -> str:
 
 
 def _latex_escape(text: str) -> str:
-    for char, escaped in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"), ("#", r"\#")):
+    for char, escaped in (("\\", r"\textbackslash{}"), ("_", r"\_"), ("%", r"\%"), ("&", r"\&"), ("#", r"\#"),
+                          ("±", r"$\pm$"), ("−", r"$-$")):
         text = text.replace(char, escaped)
     return text

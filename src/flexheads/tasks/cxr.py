@@ -14,10 +14,11 @@ Stage workers, each a function of its inputs and outputs:
 
 * ``prepare``: every image decoded once, to grayscale, centre-cropped to a square and resized to
   ``data.image_size`` → ``cxr.h5`` (splits ``train``/``val``/``test`` by patient) + a JSON of statistics.
-* ``build_model``/``training_batches``: the ViT and its step-indexed, augmented batches (BCE, optionally
-  class-weighted).
+* ``build_model``/``training_batches``/``validation``: the ViT, its step-indexed, augmented batches (BCE,
+  optionally class-weighted), and the held-out mean AUROC of its validation curve.
 * ``evaluate``: AUROC, AP, F1/sensitivity/specificity at thresholds chosen on validation, per finding; with lesion
-  masks (synthetic data) also Grad-CAM localisation (pointing game, IoU) against a uniform map.
+  masks (synthetic data) also Grad-CAM localisation (pointing game, IoU) against a uniform map; the attention maps
+  of one test radiograph for the report.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ from flexheads.io import atomic_path, replace_with_symlink, write_json
 from flexheads.metrics import classification
 from flexheads.metrics import localisation as localisation_metrics
 from flexheads.models.vit import VisionTransformer, ViTConfig
+from flexheads.tasks.evaluation import VALIDATION_SAMPLES, attention_record, evenly_spaced, grid_tokens
 
 FOLDER_LABELS = "labels.csv"
 CHUNK_ROWS = 64  # images per HDF5 chunk: 256 KB at 64x64
@@ -402,6 +404,25 @@ def predict(model: VisionTransformer, images: np.ndarray, batch_size: int, devic
     return np.concatenate(scores).astype(np.float64)
 
 
+def validation(h5_path: Path, config: RunConfig) -> Callable[[nn.Module, torch.device], float]:
+    """The validation curve's metric: ``mean_auroc`` (as :func:`evaluate` computes it: the mean over the findings
+    with positives and negatives) of ``VALIDATION_SAMPLES`` validation images evenly spaced over the split, so
+    both sources (ChestX-ray14, then COVID-19) appear; without a validation split (``data.cxr.val_fraction: 0``)
+    the test split's, for a curve only (nothing is chosen on it).  The images are read once, here.
+    """
+    with h5py.File(h5_path, "r") as h5:
+        split = h5["val"] if len(h5["val"]["labels"]) else h5["test"]
+        rows = evenly_spaced(len(split["labels"]), VALIDATION_SAMPLES)
+        images, labels = split["images"][rows], split["labels"][rows]
+    batch_size = config.train.eval_batch_size
+
+    def validate(model: nn.Module, device: torch.device) -> float:
+        scores = predict(model, images, batch_size, device)
+        return classification.mean_defined(classification.auroc_per_class(labels, scores, LABELS))
+
+    return validate
+
+
 def lesion_pairs(labels: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every (image, finding) with a positive label and a non-empty lesion mask: ``(rows, findings, masks)``."""
     bits = (masks[:, None] >> np.arange(len(LABELS), dtype=np.uint16)[None, :, None, None]) & 1  # (N, 15, S, S)
@@ -448,7 +469,10 @@ def evaluate(model: nn.Module, h5_path: Path, stats: dict[str, Any], batch_size:
 
     Headline: ``mean_auroc``, ``mean_average_precision``, ``mean_f1`` (means over the findings with test
     positives), ``auroc_covid19``, and the localisation scores. Tables: ``per_class`` (AUROC, AP, F1,
-    sensitivity, specificity, threshold, positives), ``per_class_localisation`` and the arrays ``gradcam``.
+    sensitivity, specificity, threshold, positives), ``per_class_localisation`` and, as dicts of arrays for the
+    report's figures, ``gradcam`` and ``attention``: the first test radiograph's attention,
+    :func:`flexheads.tasks.evaluation.attention_record` with ``tokens`` ``"CLS"`` then ``r{row}c{col}`` per patch
+    (row-major), ``grid`` the patch grid ``(rows, cols)`` and ``image`` the uint8 radiograph ``(S, S)``.
     """
     test = _read_split(h5_path, "test", ("images", "labels", "masks"))
     val = _read_split(h5_path, "val", ("images", "labels"))
@@ -463,6 +487,9 @@ def evaluate(model: nn.Module, h5_path: Path, stats: dict[str, Any], batch_size:
     }
     tables: dict[str, Any] = {"per_class": pd.DataFrame.from_dict(result["per_class"], orient="index")
                               .rename_axis("finding").reset_index()}
+    tables["attention"] = attention_record(model, _as_input(test["images"][:1]), device,
+                                           tokens=["CLS", *grid_tokens(*model.config.grid)], grid=model.config.grid,
+                                           image=test["images"][0])
     if "masks" in test:
         located, tables["per_class_localisation"], tables["gradcam"] = localisation(
             model, test["images"], test["labels"], test["masks"], batch_size, device)
@@ -483,4 +510,7 @@ REPORT_COLUMNS = [  # (key in metrics/<run>.json, header, better)
     ("pointing_game", "pointing game", "max"),
     ("cam_iou", "CAM IoU", "max"),
     ("pointing_game_uniform", "pointing (uniform)", None),
+]
+REPORT_BREAKDOWNS = [  # (metrics/<run>/<name>.csv, key column, value column, label, better)
+    ("per_class", "finding", "auroc", "AUROC", "max"),
 ]

@@ -7,8 +7,10 @@ Stage workers, each a function of its inputs and outputs:
   ``images/{train,val}2017/`` and ``annotations/person_keypoints_{train,val}2017.json``.
 * ``prepare``: one crop per annotated person, cut around its ground-truth box (top-down, as SimpleBaseline and
   HRNet evaluate with ground-truth boxes) → ``pose2d.h5`` + a JSON of statistics. Every image is decoded once here.
-* ``build_model``/``training_batches``: the keypoint transformer and its step-indexed, augmented batches.
-* ``evaluate``: COCO OKS AP/AR (pycocotools) on val2017, PCKh, PCK, PDJ, PCP, in image pixels.
+* ``build_model``/``training_batches``/``validation``: the keypoint transformer, its step-indexed, augmented
+  batches, and the held-out AP of its validation curve.
+* ``evaluate``: COCO OKS AP/AR (pycocotools) on val2017, PCKh, PCK, PDJ, PCP, in image pixels, and the arrays of
+  the report's figures (attention maps of one crop, predicted and true keypoints of a few).
 
 Coordinates are continuous pixels with ``(0, 0)`` the top-left corner of the top-left pixel, so pixel
 ``(col, row)`` covers ``[col, col + 1) × [row, row + 1)`` (PIL's resampling convention and the synthetic data's).
@@ -18,6 +20,7 @@ A crop is an axis-aligned scale + shift of its image; ``affine`` ``(2, 3)`` maps
 
 from __future__ import annotations
 
+import json
 import math
 import tempfile
 from collections.abc import Iterable
@@ -36,11 +39,12 @@ from tqdm.auto import tqdm
 from flexheads.config import Pose2DData, RunConfig
 from flexheads.data import synthetic_coco
 from flexheads.data.coco import (
-    FLIP_PAIRS, KEYPOINT_NAMES, CocoFormatError, PersonRecord, download_coco, load_person_keypoints,
+    FLIP_PAIRS, KEYPOINT_NAMES, SKELETON, CocoFormatError, PersonRecord, download_coco, load_person_keypoints,
 )
 from flexheads.io import atomic_path, replace_with_symlink, write_json
 from flexheads.metrics import pose2d as metrics
 from flexheads.models.pose2d import KeypointPrediction, KeypointTransformer, Pose2DConfig, heatmap_targets
+from flexheads.tasks.evaluation import VALIDATION_SAMPLES, attention_record, evenly_spaced, grid_tokens
 
 SPLITS = {"train": "train2017", "val": "val2017"}  # h5 group → COCO split
 MAIN_METRIC = "AP"  # higher is better
@@ -52,6 +56,7 @@ FLIP_PROBABILITY = 0.5
 MAX_ROTATION_DEG = 15.0  # uniform in ±15°
 MAX_SCALE_CHANGE = 0.15  # zoom uniform in [0.85, 1.15]
 HEATMAP_LOSS_WEIGHT = 1.0  # cross-entropy of the heatmaps to Gaussian targets, next to the coordinates' L1
+EXAMPLE_CROPS = 6  # val crops of examples.npz, evenly spaced over the split
 
 # Keypoint order of the mirror image: left and right swap.
 FLIP_INDEX = np.arange(len(KEYPOINT_NAMES))
@@ -365,6 +370,11 @@ def training_batches(
 # --- evaluation -----------------------------------------------------------------------------------------------
 
 
+def _as_input(images: np.ndarray) -> Tensor:
+    """uint8 crops ``(B, H, W, 3)`` → the model's input ``(B, 3, H, W)`` in [0, 1]."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
+
+
 @torch.no_grad()
 def predict(model: KeypointTransformer, images: np.ndarray, batch_size: int, device: torch.device,
             flip_test: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -374,8 +384,7 @@ def predict(model: KeypointTransformer, images: np.ndarray, batch_size: int, dev
     mirror_index = torch.from_numpy(FLIP_INDEX).to(device)
     coords, probabilities = [], []
     for start in range(0, len(images), batch_size):
-        batch = torch.from_numpy(images[start : start + batch_size]).to(device)
-        batch = batch.permute(0, 3, 1, 2).float().div_(255.0)  # (B, 3, H, W)
+        batch = _as_input(images[start : start + batch_size]).to(device)  # (B, 3, H, W)
         views = [batch, batch.flip(-1)] if flip_test else [batch]
         xy, p = [], []
         for view, mirrored in zip(views, (False, True)):
@@ -392,17 +401,75 @@ def predict(model: KeypointTransformer, images: np.ndarray, batch_size: int, dev
     return np.concatenate(coords).astype(np.float64), np.concatenate(probabilities).astype(np.float64)
 
 
-def coco_ap(gt_json: Path, image_ids: np.ndarray, keypoints: np.ndarray, scores: np.ndarray,
+def predict_crop_pixels(model: KeypointTransformer, images: np.ndarray, batch_size: int,
+                        device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`predict` as evaluation runs it (flip test as the model's config says): keypoints ``(N, 17, 2)`` in
+    crop pixels and their confidences ``(N, 17)``."""
+    coords, probabilities = predict(model, images, batch_size, device, model.config.flip_test)
+    height, width = images.shape[1:3]
+    return coords * [width, height], probabilities
+
+
+def coco_ap(gt_bytes: bytes, image_ids: np.ndarray, keypoints: np.ndarray, scores: np.ndarray,
             confidences: np.ndarray | None = None) -> dict[str, float]:
-    """COCOeval keypoint stats of one detection per person (``keypoints (N, 17, 2)`` image pixels)."""
+    """COCOeval keypoint stats of one detection per person (``keypoints (N, 17, 2)`` image pixels) against the
+    COCO annotation file ``gt_bytes``."""
     with tempfile.TemporaryDirectory(prefix="pose2d-eval-") as tmp:
-        results = Path(tmp) / "results.json"
+        gt_json, results = Path(tmp) / "person_keypoints_val2017.json", Path(tmp) / "results.json"
+        gt_json.write_bytes(gt_bytes)
         metrics.write_coco_results(results, image_ids, keypoints, scores, confidences)
         return metrics.coco_keypoint_ap(gt_json, results)
 
 
+def model_coco_stats(gt_bytes: bytes, image_ids: np.ndarray, keypoints: np.ndarray,
+                     confidences: np.ndarray) -> dict[str, float]:
+    """:func:`coco_ap` of the model's detections, each person scored by the mean of its keypoint confidences."""
+    return coco_ap(gt_bytes, image_ids, keypoints, confidences.mean(-1), confidences)
+
+
+def _first_images(image_ids: np.ndarray, max_rows: int) -> int:
+    """How many leading rows hold the most whole images (an image's crops are consecutive) within ``max_rows``
+    rows; all of the first image's rows if even that one has more."""
+    ends = np.append(np.flatnonzero(image_ids[1:] != image_ids[:-1]) + 1, len(image_ids))  # one past each image
+    fitting = ends[ends <= max_rows]
+    return int(fitting[-1] if len(fitting) else ends[0])
+
+
+def _coco_subset(gt_bytes: bytes, image_ids: np.ndarray) -> bytes:
+    """The COCO annotation file ``gt_bytes`` reduced to the images ``image_ids`` and their annotations."""
+    gt = json.loads(gt_bytes)
+    kept = {int(i) for i in image_ids}
+    gt["images"] = [image for image in gt["images"] if image["id"] in kept]
+    gt["annotations"] = [a for a in gt["annotations"] if a["image_id"] in kept]
+    return json.dumps(gt).encode()
+
+
+def validation(h5_path: Path, config: RunConfig) -> Callable[[nn.Module, torch.device], float]:
+    """The validation curve's metric: COCO ``AP`` (as :func:`evaluate` computes it, flip test as configured) of
+    the people of the first val2017 images, whole images, at most ``VALIDATION_SAMPLES`` crops.
+
+    pose2d.h5 has no validation split: evaluation scores val2017 as the test set (COCO's test-dev labels are
+    not public) and holding train2017 images out would change what every run learns from.  So the curve
+    scores a fixed subset of val2017, whole images so that COCOeval sees every labelled person of each (COCO's
+    image order is unrelated to content).  It only draws curves: nothing is chosen on it (no early stopping,
+    no checkpoint selection).  The subset's crops and annotations are read once, here.
+    """
+    with h5py.File(h5_path, "r") as h5:
+        val = h5["val"]
+        n = _first_images(val["image_id"][:], VALIDATION_SAMPLES)
+        images, affine, image_ids = val["images"][:n], val["affine"][:n].astype(np.float64), val["image_id"][:n]
+        gt_bytes = _coco_subset(val["coco_gt_json"][:].tobytes(), image_ids)
+    batch_size = config.train.eval_batch_size
+
+    def validate(model: nn.Module, device: torch.device) -> float:
+        keypoints, confidences = predict_crop_pixels(model, images, batch_size, device)
+        return model_coco_stats(gt_bytes, image_ids, apply_affine(affine, keypoints), confidences)["AP"]
+
+    return validate
+
+
 def evaluate(model: nn.Module, h5_path: Path, stats: dict[str, Any], batch_size: int,
-             device: torch.device) -> tuple[dict[str, float], dict[str, pd.DataFrame]]:
+             device: torch.device) -> tuple[dict[str, float], dict[str, Any]]:
     """Metrics on the val crops, in original image pixels (each prediction mapped back with its crop's affine).
 
     Flip test follows the model's stored config (``train.pose2d.flip_test`` of its run), so a checkpoint is
@@ -410,9 +477,20 @@ def evaluate(model: nn.Module, h5_path: Path, stats: dict[str, Any], batch_size:
     per ground-truth box, scored by the mean heatmap peak), ``pckh50`` (PCKh@0.5, head size from
     ears/eyes/torso), ``pck20`` (PCK@0.2 of the box diagonal), ``pdj20`` (PDJ@0.2), ``pcp50`` (strict PCP@0.5),
     and ``mean_pose_ap``/``mean_pose_pckh``: the mean training pose placed in every crop, the reference a model
-    must beat. Tables: ``per_joint`` (PCK, PCKh, PDJ) and ``per_limb`` (PCP).
+    must beat. Tables: ``per_joint`` (PCK, PCKh, PDJ) and ``per_limb`` (PCP), and two dicts of arrays for the
+    report's figures, the same crops for every run:
+
+    * ``attention``: the first val crop's encoder self-attention,
+      :func:`flexheads.tasks.evaluation.attention_record` with ``tokens`` ``r{row}c{col}`` of the feature grid
+      (row-major, no extra tokens), ``grid`` ``(rows, cols)`` and ``image`` the uint8 crop ``(H, W, 3)`` as the
+      model sees it (unflipped);
+    * ``examples``: ``EXAMPLE_CROPS`` = K val crops evenly spaced over the split: ``images`` uint8
+      ``(K, H, W, 3)``, ``pred`` (as evaluated) and ``target`` float32 ``(K, 17, 2)`` crop pixels ``(x, y)``
+      (target 0 where unlabelled), ``visible`` bool ``(K, 17)`` (labelled), ``joint_names`` str ``(17,)``,
+      ``skeleton`` int64 ``(E, 2)`` COCO's limbs as 0-based keypoint indices.
     """
-    val = _read_split(h5_path, "val", ("images", "keypoints_image", "affine", "image_id", "bbox"))
+    val = _read_split(h5_path, "val", ("images", "keypoints", "visible", "keypoints_image", "affine", "image_id",
+                                       "bbox"))
     with h5py.File(h5_path, "r") as h5:
         gt_bytes = h5["val"]["coco_gt_json"][:].tobytes()
     height, width = val["images"].shape[1:3]
@@ -421,17 +499,14 @@ def evaluate(model: nn.Module, h5_path: Path, stats: dict[str, Any], batch_size:
     gt = val["keypoints_image"][..., :2].astype(np.float64)
     visible = val["keypoints_image"][..., 2] > 0
 
-    coords, probabilities = predict(model, val["images"], batch_size, device, model.config.flip_test)
-    pred = apply_affine(affine, coords * to_pixels)
+    crop_pred, probabilities = predict_crop_pixels(model, val["images"], batch_size, device)
+    pred = apply_affine(affine, crop_pred)
     mean_pose = np.asarray(stats["splits"]["train"]["keypoints_mean"], dtype=np.float64)
     mean_pred = apply_affine(affine, np.broadcast_to(mean_pose * to_pixels, gt.shape))
     head_size = metrics.head_size_from_keypoints(gt, visible)
 
-    with tempfile.TemporaryDirectory(prefix="pose2d-gt-") as tmp:
-        gt_json = Path(tmp) / "person_keypoints_val2017.json"
-        gt_json.write_bytes(gt_bytes)
-        ap = coco_ap(gt_json, val["image_id"], pred, probabilities.mean(-1), probabilities)
-        mean_pose_ap = coco_ap(gt_json, val["image_id"], mean_pred, np.ones(len(gt)))["AP"]
+    ap = model_coco_stats(gt_bytes, val["image_id"], pred, probabilities)
+    mean_pose_ap = coco_ap(gt_bytes, val["image_id"], mean_pred, np.ones(len(gt)))["AP"]
 
     pck = metrics.pck(pred, gt, visible, metrics.bbox_diagonal(val["bbox"]), alpha=0.2)
     pckh = metrics.pckh(pred, gt, visible, head_size, alpha=0.5)
@@ -453,7 +528,15 @@ def evaluate(model: nn.Module, h5_path: Path, stats: dict[str, Any], batch_size:
         "pdj20": pdj["per_joint"], "labelled": visible.sum(0),
     })
     per_limb = pd.DataFrame({"limb": list(pcp["per_limb"]), "pcp50": list(pcp["per_limb"].values())})
-    return headline, {"per_joint": per_joint, "per_limb": per_limb}
+    shown = evenly_spaced(len(gt), EXAMPLE_CROPS)
+    examples = {
+        "images": val["images"][shown], "pred": crop_pred[shown].astype(np.float32),
+        "target": val["keypoints"][shown].astype(np.float32), "visible": val["visible"][shown],
+        "joint_names": np.asarray(KEYPOINT_NAMES, dtype=str), "skeleton": np.asarray(SKELETON, dtype=np.int64) - 1,
+    }
+    attention = attention_record(model, _as_input(val["images"][:1]), device, tokens=grid_tokens(*model.config.grid),
+                                 grid=model.config.grid, image=val["images"][0])
+    return headline, {"per_joint": per_joint, "per_limb": per_limb, "examples": examples, "attention": attention}
 
 
 REPORT_CAPTION = (
@@ -469,4 +552,7 @@ REPORT_COLUMNS = [  # (key in metrics/<run>.json, header, better)
     ("pckh50", "PCKh@0.5", "max"),
     ("pck20", "PCK@0.2", "max"),
     ("pcp50", "PCP", "max"),
+]
+REPORT_BREAKDOWNS = [  # (metrics/<run>/<name>.csv, key column, value column, label, better)
+    ("per_joint", "keypoint", "pckh50", "PCKh@0.5", "max"),
 ]

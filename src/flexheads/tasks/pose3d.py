@@ -6,14 +6,17 @@ Stage workers, each a function of its inputs and outputs:
   files and link them in (Human3.6M cannot be downloaded without a licence).
 * ``prepare``: npz → ``pose3d.h5`` (``train``/``test`` groups, one row per frame and camera: normalised 2D,
   root-relative 3D in camera coordinates, subject, action, camera, frame, chunk) + a JSON of statistics.
-* ``build_model``/``training_batches``: the lifter and its step-indexed batches for ``flexheads.train.fit``.
-* ``evaluate``: MPJPE / P-MPJPE / N-MPJPE / MPJVE / 3DPCK / AUC / MJAE in mm, per action and per joint.
+* ``build_model``/``training_batches``/``validation``: the lifter and its step-indexed batches for
+  ``flexheads.train.fit``, and the held-out MPJPE of its validation curve.
+* ``evaluate``: MPJPE / P-MPJPE / N-MPJPE / MPJVE / 3DPCK / AUC / MJAE in mm, per action and per joint, and the
+  arrays of the report's figures (attention maps of one test frame, predicted and true skeletons).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -31,9 +34,11 @@ from flexheads.io import atomic_path, write_json
 from flexheads.metrics import pose3d as metrics
 from flexheads.models.baselines import MartinezConfig, MartinezMLP
 from flexheads.models.lifter import LifterConfig, PoseLifter, mpjpe_loss
+from flexheads.tasks.evaluation import VALIDATION_SAMPLES, attention_record, evenly_spaced
 
 SPLITS = {"train": h36m.TRAIN_SUBJECTS, "test": h36m.TEST_SUBJECTS}
 MAIN_METRIC = "mpjpe"  # lower is better
+EXAMPLE_FRAMES = 4  # test frames of examples.npz, evenly spaced over the split
 
 
 # --- download -------------------------------------------------------------------------------------------------
@@ -242,39 +247,92 @@ def training_batches(
 
 
 @torch.no_grad()
-def predict(model: nn.Module, split: Split, batch_size: int, device: torch.device) -> np.ndarray:
-    """Root-relative 3D predictions ``(N, 17, 3)`` in metres for every row of ``split``."""
+def lift(model: nn.Module, batches: Iterable[np.ndarray], device: torch.device) -> np.ndarray:
+    """Root-relative 3D predictions ``(N, 17, 3)`` in metres of batches of 2D windows ``(B, W, 17, 2)``, in eval
+    mode, concatenated."""
     model.eval().to(device)
-    window = model.config.window
     out = []
-    for start in range(0, len(split.pose_3d), batch_size):
-        rows = np.arange(start, min(start + batch_size, len(split.pose_3d)))
-        inputs = torch.from_numpy(split.windows(rows, window)).to(device)
+    for windows in batches:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            pred, _ = model(inputs)
+            pred, _ = model(torch.from_numpy(windows).to(device))
         out.append(pred.float().cpu().numpy())
     return np.concatenate(out)
 
 
+def predict(model: nn.Module, split: Split, batch_size: int, device: torch.device) -> np.ndarray:
+    """Root-relative 3D predictions ``(N, 17, 3)`` in metres for every row of ``split`` (windows cut per batch)."""
+    n, window = len(split.pose_3d), model.config.window
+    return lift(model, (split.windows(np.arange(start, min(start + batch_size, n)), window)
+                        for start in range(0, n, batch_size)), device)
+
+
+def per_action_errors(pred: np.ndarray, gt: np.ndarray, action: np.ndarray) -> pd.DataFrame:
+    """MPJPE and P-MPJPE (mm) and frame count of each action, in sorted action order; the unweighted mean of its
+    ``mpjpe`` column over the actions is the headline ``mpjpe`` (MAIN_METRIC)."""
+    rows_of = {name: action == name for name in np.unique(action)}
+    return pd.DataFrame({
+        "action": list(rows_of),
+        "mpjpe": [metrics.mpjpe(pred[rows], gt[rows]) for rows in rows_of.values()],
+        "p_mpjpe": [metrics.p_mpjpe(pred[rows], gt[rows]) for rows in rows_of.values()],
+        "frames": [int(rows.sum()) for rows in rows_of.values()],
+    })
+
+
+def validation(h5_path: Path, config: RunConfig) -> Callable[[nn.Module, torch.device], float]:
+    """The validation curve's metric: ``mpjpe`` (mm, mean over actions, as :func:`evaluate` computes it) of
+    ``VALIDATION_SAMPLES`` test frames evenly spaced over the test split, for the lifter and the MLP baseline.
+
+    pose3d.h5 has no validation split: the Human3.6M protocol trains on every frame of S1, S5-S8 and tests on S9
+    and S11, and holding training frames out would change what every run learns from.  So the curve scores a
+    fixed subset of the test split, spread over its subjects, actions and cameras.  It only draws curves:
+    nothing is chosen on it (no early stopping, no checkpoint selection), so the test numbers stay unbiased.
+    The 2D windows of the subset are cut once, here; the test split is not kept in memory.
+    """
+    test = Split.load(h5_path, "test")
+    rows = evenly_spaced(len(test.pose_3d), VALIDATION_SAMPLES)
+    windows, action = test.windows(rows, config.model.window), test.action[rows]
+    gt = test.pose_3d[rows].astype(np.float64) * 1000.0
+    batch_size = config.train.eval_batch_size
+
+    def validate(model: nn.Module, device: torch.device) -> float:
+        batches = (windows[start : start + batch_size] for start in range(0, len(windows), batch_size))
+        pred = lift(model, batches, device) * 1000.0
+        return float(per_action_errors(pred, gt, action)["mpjpe"].mean())
+
+    return validate
+
+
+def _input_pixels(h5_path: Path, split: str, row: int, keypoints_2d: np.ndarray) -> np.ndarray:
+    """``keypoints_2d (17, 2)`` of ``row`` of ``split`` (normalised screen units) in its camera's pixels, float32."""
+    with h5py.File(h5_path, "r") as h5:
+        subject, camera = h5[split]["subject"][row].decode(), int(h5[split]["camera"][row])
+    resolution = h36m.cameras(subject)[camera]
+    return h36m.image_coordinates(keypoints_2d, resolution["res_w"], resolution["res_h"]).astype(np.float32)
+
+
 def evaluate(model: nn.Module, h5_path: Path, stats: dict[str, Any], batch_size: int,
-             device: torch.device) -> tuple[dict[str, float], dict[str, pd.DataFrame]]:
+             device: torch.device) -> tuple[dict[str, float], dict[str, Any]]:
     """Protocol-1/2 metrics on the test split (S9, S11), all in millimetres.
 
     Returns the headline metrics — ``mpjpe``/``p_mpjpe`` are the unweighted mean over the 15 actions (as
-    published tables report), ``*_frame_weighted`` the mean over frames — and per-action / per-joint tables.
+    published tables report), ``*_frame_weighted`` the mean over frames — and the tables: ``per_action`` and
+    ``per_joint`` (DataFrames), and two dicts of arrays for the report's figures, the same test frames for
+    every run:
+
+    * ``attention`` (transformer runs only; the MLP baseline has none): the first test frame's attention,
+      :func:`flexheads.tasks.evaluation.attention_record` with ``tokens`` the 17 joint names, ``grid`` ``(0, 0)``
+      and ``image`` its 2D input keypoints float32 ``(17, 2)`` in pixels (the centre frame of a window);
+    * ``examples``: ``EXAMPLE_FRAMES`` = K test frames evenly spaced over the split: ``pred`` and ``target``
+      float32 ``(K, 17, 3)`` root-relative in mm (as evaluated), ``joint_names`` str ``(17,)``, ``parents`` int64
+      ``(17,)`` (-1 for the root), ``actions`` str ``(K,)``.
+
     ``mean_pose_mpjpe`` is the reference of predicting the mean training pose for every frame.
     """
     test = Split.load(h5_path, "test")
     pred = predict(model, test, batch_size, device) * 1000.0
     gt = test.pose_3d.astype(np.float64) * 1000.0
 
-    rows_of = {action: test.action == action for action in np.unique(test.action)}
-    per_action = pd.DataFrame({
-        "action": list(rows_of),
-        "mpjpe": [metrics.mpjpe(pred[rows], gt[rows]) for rows in rows_of.values()],
-        "p_mpjpe": [metrics.p_mpjpe(pred[rows], gt[rows]) for rows in rows_of.values()],
-        "frames": [int(rows.sum()) for rows in rows_of.values()],
-    })
+    per_action = per_action_errors(pred, gt, test.action)
     mean_pose = np.asarray(stats["splits"]["train"]["pose_3d_mean"]) * 1000.0
     chunks = [rows for c in np.unique(test.chunk) if len(rows := np.flatnonzero(test.chunk == c)) > 1]
     velocity_errors = [metrics.mpjve(pred[rows], gt[rows]) for rows in chunks]
@@ -293,8 +351,20 @@ def evaluate(model: nn.Module, h5_path: Path, stats: dict[str, Any], batch_size:
         "test_frames": int(len(gt)),
     }
     per_joint = pd.DataFrame({"joint": h36m.JOINT_NAMES, "mpjpe": metrics.mpjpe_per_joint(pred, gt)})
-    return headline, {"per_action": per_action, "per_joint": per_joint}
-
+    shown = evenly_spaced(len(gt), EXAMPLE_FRAMES)
+    tables: dict[str, Any] = {"per_action": per_action, "per_joint": per_joint, "examples": {
+        "pred": pred[shown].astype(np.float32), "target": gt[shown].astype(np.float32),
+        "joint_names": np.asarray(h36m.JOINT_NAMES, dtype=str), "parents": np.asarray(h36m.PARENTS, dtype=np.int64),
+        "actions": test.action[shown],
+    }}
+    first = np.array([0])
+    attention = attention_record(
+        model, torch.from_numpy(test.windows(first, model.config.window)), device, tokens=h36m.JOINT_NAMES,
+        grid=(0, 0), image=_input_pixels(h5_path, "test", 0, test.keypoints_2d[0]),
+    )
+    if attention is not None:
+        tables["attention"] = attention
+    return headline, tables
 
 
 REPORT_CAPTION = (
@@ -308,4 +378,8 @@ REPORT_COLUMNS = [  # (key in metrics/<run>.json, header, better)
     ("mpjve", "MPJVE", "min"),
     ("pck3d_150", "3DPCK@150", "max"),
     ("auc3d", "AUC", "max"),
+]
+REPORT_BREAKDOWNS = [  # (metrics/<run>/<name>.csv, key column, value column, label, better)
+    ("per_action", "action", "mpjpe", "MPJPE (mm)", "min"),
+    ("per_joint", "joint", "mpjpe", "MPJPE (mm)", "min"),
 ]
