@@ -1,20 +1,52 @@
-"""Report figures drawn from what the evaluate stage wrote (``metrics/<run>/*.npz``); PNG and PDF.
+"""Every report figure, drawn from the stage outputs only (``models/<run>/``, ``metrics/<run>/``) and the library,
+in one style (:mod:`flexheads.report.style`), as PNG and PDF under ``<out>/figures/``.
 
-* ``cxr_gradcam``: for a fixed set of test lesions (the first test images with a lesion mask), the radiograph with
-  its true lesion outlined, then each run's Grad-CAM map of that finding over it: one row per run.
+Names are ``<task>_<what>`` for task figures and plain for the task-independent ones (an HTML page groups them
+by prefix); :func:`figure_plan` lists them in report order with the files each reads:
+
+* ``positional_encoding``, ``noam_schedule``, ``warmup_comparison``: thesis figs. 3.13-3.15 (library only);
+* per task of the matrix: ``<task>_curves`` (``history.csv``), ``<task>_grad_histograms`` (fig. 3.16,
+  ``grad_histograms.json``), ``<task>_attention`` (fig. 3.17, ``attention.npz``);
+* pose3d / pose2d: ``<task>_skeletons`` (the best run's ``examples.npz``), ``<task>_per_joint``
+  (``per_joint.csv``);
+* cxr: ``cxr_attention_cls`` (``attention.npz``), ``cxr_gradcam`` (``gradcam.npz``; no figure on data without
+  lesion masks, where no run writes it).
+
+Every input of every figure is checked before anything is drawn: one ``FileNotFoundError`` lists them all.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import matplotlib.pyplot as plt
-import numpy as np
 
 from flexheads.config import Params
 from flexheads.io import atomic_path
+from flexheads.report import attention_figures as attention
+from flexheads.report import gradcam_figure as gradcam
+from flexheads.report import pose_figures as pose
+from flexheads.report import thesis_figures as thesis
+from flexheads.report import training_figures as training
+from flexheads.report.figure_inputs import MissingInputs
+from flexheads.report.style import figure_style
 
-GRADCAM_COLUMNS = 8  # lesions shown
+
+@dataclass(frozen=True)
+class FigureSpec:
+    """One report figure: the stage outputs it reads and the function that draws it from them."""
+
+    name: str
+    draw: Callable[[], plt.Figure | None]  # None only when an all-or-none figure has no inputs at all
+    inputs: list[Path] = field(default_factory=list)
+    all_or_none: bool = False  # cxr_gradcam: inputs exist for every run or (real radiographs) for none
+
+    def missing(self) -> list[Path]:
+        absent = [p for p in self.inputs if not p.exists()]
+        return [] if self.all_or_none and len(absent) == len(self.inputs) else absent
 
 
 def save_figure(figure: plt.Figure, base: Path) -> list[Path]:
@@ -29,42 +61,57 @@ def save_figure(figure: plt.Figure, base: Path) -> list[Path]:
     return paths
 
 
-def cxr_gradcam(params: Params, metrics_dir: Path, out_dir: Path) -> list[Path]:
-    """Grad-CAM overlays of every cxr run on the same lesions (module docstring); ``[]`` when the data has no
-    lesion masks (real radiographs), so no run wrote maps."""
-    runs = [r for r in params.runs() if r.task == "cxr"]
-    paths = [metrics_dir / r.name / "gradcam.npz" for r in runs]
-    missing = [str(p) for p in paths if not p.exists()]
-    if len(missing) == len(paths):
-        return []
+def figure_plan(params: Params, metrics_dir: Path, models_dir: Path) -> list[FigureSpec]:
+    """The report's figures for the matrix, in report order; planning reads no file."""
+    plan = [
+        FigureSpec("positional_encoding", thesis.positional_encoding_figure),
+        FigureSpec("noam_schedule", thesis.noam_schedule_figure),
+        FigureSpec("warmup_comparison", thesis.warmup_comparison_figure),
+    ]
+    for task in params.experiment.tasks:
+        plan += [
+            FigureSpec(f"{task}_curves", partial(training.curves_figure, params, task, models_dir),
+                       training.curves_inputs(params, task, models_dir)),
+            FigureSpec(f"{task}_grad_histograms", partial(training.grad_histograms_figure, params, task, models_dir),
+                       training.grad_histograms_inputs(params, task, models_dir)),
+            FigureSpec(f"{task}_attention", partial(attention.attention_figure, params, task, metrics_dir),
+                       attention.attention_inputs(params, task, metrics_dir)),
+        ]
+        if task in ("pose3d", "pose2d"):
+            skeletons = pose.pose3d_skeletons_figure if task == "pose3d" else pose.pose2d_skeletons_figure
+            plan += [
+                FigureSpec(f"{task}_skeletons", partial(skeletons, params, metrics_dir),
+                           pose.skeletons_inputs(params, task, metrics_dir)),
+                FigureSpec(f"{task}_per_joint", partial(pose.per_joint_figure, params, task, metrics_dir),
+                           pose.per_joint_inputs(params, task, metrics_dir)),
+            ]
+        if task == "cxr":
+            plan += [
+                FigureSpec("cxr_attention_cls", partial(attention.cls_attention_figure, params, metrics_dir),
+                           attention.attention_inputs(params, task, metrics_dir)),
+                FigureSpec("cxr_gradcam", partial(gradcam.gradcam_figure, params, metrics_dir),
+                           gradcam.gradcam_inputs(params, metrics_dir), all_or_none=True),
+            ]
+    return plan
+
+
+def write_figures(params: Params, metrics_dir: Path, models_dir: Path, out_dir: Path) -> list[Path]:
+    """Every figure of :func:`figure_plan` into ``<out>/figures/`` (made even when empty: a stage output); returns
+    the written paths. Missing inputs raise one ``FileNotFoundError`` (:class:`MissingInputs`) naming each missing
+    file and the figures that need it, before anything is drawn."""
+    plan = figure_plan(params, metrics_dir, models_dir)
+    missing: dict[Path, list[str]] = {}
+    for spec in plan:
+        for path in spec.missing():
+            missing.setdefault(path, []).append(spec.name)
     if missing:
-        raise FileNotFoundError("Grad-CAM maps missing for some cxr runs (rerun their evaluate stage):\n  "
-                                + "\n  ".join(missing))
-    arrays = [np.load(p) for p in paths]
-    first = arrays[0]
-    n = min(GRADCAM_COLUMNS, len(first["findings"]))
-    figure, axes = plt.subplots(1 + len(runs), n, figsize=(1.3 * n, 1.3 * (1 + len(runs))), squeeze=False,
-                                layout="constrained")
-    for j in range(n):
-        axes[0, j].imshow(first["images"][j], cmap="gray", vmin=0, vmax=255)
-        axes[0, j].contour(first["masks"][j], levels=[0.5], colors="red", linewidths=0.8)
-        axes[0, j].set_title(str(first["findings"][j]).replace("_", " "), fontsize=7)
-        for i, (run, maps) in enumerate(zip(runs, arrays), start=1):
-            axes[i, j].imshow(maps["images"][j], cmap="gray", vmin=0, vmax=255)
-            axes[i, j].imshow(maps["maps"][j], cmap="jet", alpha=0.45, vmin=0, vmax=1)
-            axes[i, j].contour(maps["masks"][j], levels=[0.5], colors="white", linewidths=0.6)
-    for i, ax_row in enumerate(axes):
-        ax_row[0].set_ylabel("true lesion" if i == 0 else f"{runs[i - 1].attention}\n{runs[i - 1].regime}",
-                             fontsize=7, rotation=0, ha="right", va="center")
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    figure.suptitle("cxr: Grad-CAM of the true finding (jet), true lesion outlined", fontsize=9)
-    return save_figure(figure, out_dir / "figures" / "cxr_gradcam")
-
-
-def write_figures(params: Params, metrics_dir: Path, out_dir: Path) -> list[Path]:
-    """Every report figure the matrix's outputs allow into ``<out>/figures/`` (made even when empty: a stage
-    output); returns the written paths."""
-    (out_dir / "figures").mkdir(parents=True, exist_ok=True)
-    return cxr_gradcam(params, metrics_dir, out_dir)
+        raise MissingInputs(missing)
+    folder = out_dir / "figures"
+    folder.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    with figure_style():
+        for spec in plan:
+            figure = spec.draw()
+            if figure is not None:
+                written += save_figure(figure, folder / spec.name)
+    return written

@@ -1,0 +1,173 @@
+"""Attention maps of one fixed test input (thesis fig. 3.17), from the evaluate stage's
+``metrics/<run>/attention.npz`` (``weights (layers, heads, N, N)``, ``tokens (N,)``, ``grid (2,)``, ``image``).
+
+* ``<task>_attention``: one row per attention variant of one regime, the last layer's first heads as N×N
+  query × key heat maps, beside the input (2D joints, person crop or radiograph);
+* ``cxr_attention_cls``: the CLS token's attention to the patches, reshaped to the patch grid and laid over
+  the radiograph.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize, PowerNorm
+from matplotlib.ticker import MaxNLocator
+
+from flexheads.config import Params, Run
+from flexheads.data.h36m import PARENTS
+from flexheads.report.figure_inputs import first_of_each, pick_regime, read_npz, require, task_runs
+from flexheads.report.style import SMALL_FONT
+
+HEADS_SHOWN = 4
+TOKEN_LABELS_UP_TO = 24  # name every token on the axes only when they stay readable
+KEYS = ("weights", "tokens", "grid", "image")
+
+
+def attention_runs(params: Params, task: str) -> tuple[str, list[Run]]:
+    """The regime shown and its first run (first seed) of each attention variant of the matrix."""
+    regime = pick_regime(params)
+    runs = [r for r in task_runs(params, task, baselines=False) if r.regime == regime]
+    return regime, first_of_each(runs, lambda r: r.attention)
+
+
+def attention_inputs(params: Params, task: str, metrics_dir: Path) -> list[Path]:
+    return [metrics_dir / r.name / "attention.npz" for r in attention_runs(params, task)[1]]
+
+
+def _read(params: Params, task: str, metrics_dir: Path, figure: str) -> tuple[str, list[Run], list[dict]]:
+    regime, runs = attention_runs(params, task)
+    paths = attention_inputs(params, task, metrics_dir)
+    require(paths, figure)
+    return regime, runs, [read_npz(p, KEYS) for p in paths]
+
+
+def _head_width(params: Params, task: str, attention: str) -> int:
+    model = getattr(params.model, task)
+    return model.d_head(attention) or model.d_model // model.n_heads
+
+
+def _draw_input(ax: plt.Axes, task: str, image: np.ndarray) -> None:
+    if task == "pose3d":  # the 2D input joints in camera pixels, y pointing down
+        for joint, parent in enumerate(PARENTS):
+            if parent >= 0:
+                ax.plot(*image[[joint, parent]].T, color="0.3", lw=1.5)
+        ax.scatter(*image.T, s=12, color="C3", zorder=3)
+        ax.set_aspect("equal", adjustable="datalim")
+        ax.invert_yaxis()
+        ax.xaxis.set_major_locator(MaxNLocator(3))
+        ax.set_xlabel("x (px)")
+        ax.set_ylabel("y (px)")
+    else:
+        ax.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=255)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.grid(False)
+    ax.set_title("input")
+
+
+def attention_figure(params: Params, task: str, metrics_dir: Path) -> plt.Figure:
+    regime, runs, arrays = _read(params, task, metrics_dir, f"{task}_attention")
+    weights = [a["weights"][-1, :HEADS_SHOWN] for a in arrays]  # last layer: (heads, N, N)
+    heads = max(len(w) for w in weights)
+    tokens = [str(t) for t in arrays[0]["tokens"]]
+    n = len(tokens)
+    named = n <= TOKEN_LABELS_UP_TO
+    cell = 2.1 if named else 1.9
+    mosaic = [["input"] + [f"{i},{h}" for h in range(heads)] for i in range(len(runs))]
+    figure, axes = plt.subplot_mosaic(mosaic, figsize=(cell * (heads + 1) + 1.6, cell * len(runs) + 1.0),
+                                      layout="constrained", width_ratios=[1.15] + [1] * heads)
+    _draw_input(axes["input"], task, arrays[0]["image"])
+    norm = PowerNorm(0.5, vmin=0.0, vmax=max(float(w.max()) for w in weights))
+    for i, (run, w) in enumerate(zip(runs, weights)):
+        for h in range(heads):
+            ax = axes[f"{i},{h}"]
+            ax.grid(False)
+            if h >= len(w):
+                ax.set_visible(False)
+                continue
+            image = ax.imshow(w[h], cmap="magma", norm=norm, interpolation="nearest")
+            if named:
+                ax.set_xticks(range(n), tokens if i == len(runs) - 1 else [], rotation=90, fontsize=SMALL_FONT)
+                ax.set_yticks(range(n), tokens if h == 0 else [], fontsize=SMALL_FONT)
+            else:
+                for axis in (ax.xaxis, ax.yaxis):
+                    axis.set_major_locator(MaxNLocator(4, integer=True))
+                if i < len(runs) - 1:
+                    ax.set_xticklabels([])
+                if h > 0:
+                    ax.set_yticklabels([])
+            if i == 0:
+                ax.set_title(f"head {h + 1}")
+            if i == len(runs) - 1:
+                ax.set_xlabel("key" + ("" if named else " token index"))
+            if h == 0:
+                ax.set_ylabel(f"{run.name}\n{run.attention}, d_head = {_head_width(params, task, run.attention)}"
+                              f"\nquery{'' if named else ' token index'}")
+    figure.colorbar(image, ax=[axes[k] for k in axes if k != "input"], shrink=0.8,
+                    label="attention probability (square-root scale)")
+    figure.suptitle(f"{task}: last-layer attention of one evaluation input, regime {regime}, first {heads} heads"
+                    + _token_note(arrays[0]["tokens"], arrays[0]["grid"]))
+    return figure
+
+
+def _token_note(tokens: np.ndarray, grid: np.ndarray) -> str:
+    """What the token indices of a grid task are, for the title ('' for tokens without a grid)."""
+    rows, cols = (int(x) for x in grid)
+    if rows * cols == 0:
+        return ""
+    if rows * cols == len(tokens):
+        return f"\n(tokens: the {rows}×{cols} feature grid, row-major)"
+    cls, _ = _cls_and_patches(tokens, grid)
+    return f"\n(token {cls}: {tokens[cls]}; the others: the {rows}×{cols} patches, row-major)"
+
+
+def _cls_and_patches(tokens: np.ndarray, grid: np.ndarray) -> tuple[int, np.ndarray]:
+    """Index of the CLS token and the patch tokens' indices in grid (row-major) order."""
+    n, patches = len(tokens), int(np.prod(grid))
+    named = [i for i, t in enumerate(tokens) if "cls" in str(t).lower()]
+    if len(named) == 1:
+        cls = named[0]
+    elif n == patches + 1:
+        cls = 0  # ViT convention: the class token first
+    else:
+        raise ValueError(f"attention.npz: cannot tell the CLS token among {n} tokens on a {tuple(grid)} grid")
+    others = np.array([i for i in range(n) if i != cls])
+    if len(others) != patches:
+        raise ValueError(f"attention.npz: {len(others)} patch tokens for a {tuple(grid)} grid")
+    return cls, others
+
+
+def cls_attention_figure(params: Params, metrics_dir: Path) -> plt.Figure:
+    regime, runs, arrays = _read(params, "cxr", metrics_dir, "cxr_attention_cls")
+    heads = min(HEADS_SHOWN, min(a["weights"].shape[1] for a in arrays))
+    columns = ["image"] + [f"head {h + 1}" for h in range(heads)] + ["mean of all heads"]
+    figure, axes = plt.subplots(len(runs), len(columns), figsize=(1.9 * len(columns) + 1.4, 2.0 * len(runs) + 0.8),
+                                squeeze=False, layout="constrained")
+    for i, (run, a) in enumerate(zip(runs, arrays)):
+        rows, cols = (int(x) for x in a["grid"])
+        cls, patches = _cls_and_patches(a["tokens"], a["grid"])
+        last = a["weights"][-1]  # (heads, N, N)
+        maps = [last[h, cls, patches].reshape(rows, cols) for h in range(heads)]
+        maps.append(last[:, cls, patches].mean(0).reshape(rows, cols))
+        size = a["image"].shape
+        for j, ax in enumerate(axes[i]):
+            ax.imshow(a["image"], cmap="gray", vmin=0, vmax=255)
+            if j:
+                heat = maps[j - 1]
+                ax.imshow(heat / heat.max() if heat.max() > 0 else heat, cmap="inferno", alpha=0.55,
+                                    vmin=0, vmax=1, extent=(-0.5, size[1] - 0.5, size[0] - 0.5, -0.5),
+                                    interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.grid(False)
+            if i == 0:
+                ax.set_title(columns[j])
+        axes[i, 0].set_ylabel(f"{run.name}\n{run.attention}, d_head = {_head_width(params, 'cxr', run.attention)}")
+    scale = ScalarMappable(Normalize(0, 1), cmap="inferno")  # the overlays' colours without their transparency
+    figure.colorbar(scale, ax=axes, shrink=0.8, label="CLS attention / the map's maximum")
+    figure.suptitle(f"cxr: last-layer attention of the CLS token to the {rows}×{cols} patches, regime {regime}")
+    return figure

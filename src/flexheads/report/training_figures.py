@@ -1,0 +1,133 @@
+"""Figures of how the runs trained, from the train stage's ``models/<run>/`` files.
+
+* ``<task>_grad_histograms`` (thesis fig. 3.16): the distribution of log10|gradient| over all parameters at the
+  snapshot steps (``grad_histograms.json``), one panel per run of the reference attention (one per regime);
+* ``<task>_curves``: smoothed training loss and, where the run evaluated during training, the held-out main
+  metric against the step (``history.csv``), every run of the task on the same axes.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.lines import Line2D
+from matplotlib.ticker import LogFormatter
+
+from flexheads.config import Params, Run
+from flexheads.report.figure_inputs import (
+    first_of_each,
+    main_metric,
+    pick_attention,
+    read_grad_histograms,
+    read_table,
+    require,
+    task_runs,
+)
+from flexheads.report.style import run_colour, run_legend_handles, run_linestyle
+
+HISTOGRAM_COLUMNS = 3
+LOSS_LABELS = {  # what each task's training loss is (units as its loss function computes them)
+    "pose3d": "training loss: MPJPE (m)",
+    "pose2d": "training loss: L1 (crop units) + heatmap CE",
+    "cxr": "training loss: binary cross-entropy",
+}
+
+
+def grad_histogram_runs(params: Params, task: str) -> tuple[list[Run], bool]:
+    """One run per regime of the reference attention (its first seed); True if that left other seeds out."""
+    attention = pick_attention(params)
+    candidates = [r for r in task_runs(params, task, baselines=False) if r.attention == attention]
+    runs = first_of_each(candidates, lambda r: r.regime)
+    return runs, len(runs) < len(candidates)
+
+
+def grad_histograms_inputs(params: Params, task: str, models_dir: Path) -> list[Path]:
+    return [models_dir / r.name / "grad_histograms.json" for r in grad_histogram_runs(params, task)[0]]
+
+
+def grad_histograms_figure(params: Params, task: str, models_dir: Path) -> plt.Figure:
+    attention = pick_attention(params)
+    runs, first_seeds = grad_histogram_runs(params, task)
+    paths = grad_histograms_inputs(params, task, models_dir)
+    require(paths, f"{task}_grad_histograms")
+    histograms = [read_grad_histograms(p) for p in paths]
+    steps = sorted({s for _, fractions in histograms for s in fractions})
+    colours = dict(zip(steps, sns.color_palette("flare", len(steps))))
+
+    cols = min(HISTOGRAM_COLUMNS, len(runs))
+    rows = math.ceil(len(runs) / cols)
+    figure, axes = plt.subplots(rows, cols, figsize=(3.6 * cols + 1.2, 2.9 * rows + 0.6), sharex=True, sharey=True,
+                                squeeze=False, layout="constrained")
+    for ax, run, (edges, fractions) in zip(axes.flat, runs, histograms):
+        for step, fraction in fractions.items():
+            ax.stairs(fraction, edges, color=colours[step], lw=1.5, label=str(step))
+        ax.set_title(f"{run.regime}\n({run.name})" if first_seeds else run.regime)
+    for ax in axes.flat[len(runs):]:
+        ax.set_visible(False)
+    for ax in axes[-1]:
+        ax.set_xlabel("log10 |gradient|")
+        ax.xaxis.set_tick_params(labelbottom=True)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("fraction of entries")
+    handles = [Line2D([], [], color=colours[s], lw=2, label=str(s)) for s in steps]
+    figure.legend(handles=handles, title="training step", loc="outside right upper")
+    figure.suptitle(f"{task}: gradient magnitudes of all parameters at early steps, {attention} attention")
+    return figure
+
+
+class PlainLogFormatter(LogFormatter):
+    """Log-axis labels as plain numbers (0.3, 1, 2), on the ticks matplotlib's LogFormatter would label."""
+
+    def __call__(self, x: float, pos: int | None = None) -> str:
+        return f"{x:g}" if super().__call__(x, pos) else ""
+
+
+def moving_average(values: np.ndarray, window: int) -> np.ndarray:
+    """Trailing mean over ``window`` points (fewer at the start), so a curve starts where its data starts."""
+    return pd.Series(values).rolling(window, min_periods=1).mean().to_numpy()
+
+
+def curves_inputs(params: Params, task: str, models_dir: Path) -> list[Path]:
+    return [models_dir / r.name / "history.csv" for r in task_runs(params, task)]
+
+
+def curves_figure(params: Params, task: str, models_dir: Path) -> plt.Figure:
+    runs = task_runs(params, task)
+    paths = curves_inputs(params, task, models_dir)
+    require(paths, f"{task}_curves")
+    metric = main_metric(task)
+    val_column = f"val_{metric.key}"
+    histories = [read_table(p, ["step", "loss"]) for p in paths]
+    has_val = any(val_column in h and h[val_column].notna().any() for h in histories)
+    window = max(5, max(len(h) for h in histories) // 50)
+
+    figure, axes = plt.subplots(1, 2 if has_val else 1, figsize=(11.5 if has_val else 7.0, 4.2), squeeze=False,
+                                layout="constrained")
+    loss_ax = axes[0, 0]
+    for run, history in zip(runs, histories):
+        style = {"color": run_colour(params, run), "ls": run_linestyle(run), "lw": 1.4}
+        loss = history["loss"].to_numpy(dtype=float)
+        loss_ax.plot(history["step"], moving_average(loss, window), **style)
+        if has_val and val_column in history:
+            evaluated = history[history[val_column].notna()]
+            axes[0, 1].plot(evaluated["step"], evaluated[val_column], marker="o", ms=3, **style)
+    if all((h["loss"] > 0).all() for h in histories):
+        loss_ax.set_yscale("log")
+        loss_ax.yaxis.set_major_formatter(PlainLogFormatter())
+        loss_ax.yaxis.set_minor_formatter(PlainLogFormatter(labelOnlyBase=False, minor_thresholds=(1, 0.4)))
+    loss_ax.set_xlabel("training step")
+    loss_ax.set_ylabel(LOSS_LABELS.get(task, "training loss"))
+    loss_ax.set_title(f"training loss (moving average of {window} steps)")
+    if has_val:
+        axes[0, 1].set_xlabel("training step")
+        axes[0, 1].set_ylabel(f"validation {metric.header}" + (f" ({metric.unit})" if metric.unit else ""))
+        axes[0, 1].set_title(f"validation {metric.header} ({'lower' if metric.lower_is_better else 'higher'}"
+                             " is better)")
+    figure.legend(handles=run_legend_handles(params, runs), loc="outside right upper")
+    figure.suptitle(f"{task}: training curves of every run ({len(runs)} runs)")
+    return figure
