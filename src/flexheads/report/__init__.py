@@ -1,1 +1,1 @@
-"""Report: comparison tables (and, later, the thesis figures) built only from stage outputs."""
+"""Report: comparison tables, thesis figures, the HTML page and its MLflow run, built only from stage outputs."""

@@ -1,0 +1,52 @@
+"""The report as an MLflow run: experiment ``report``, the page, tables and figures as artifacts.
+
+One run per ``flexheads report``, tagged with the params hash and git commit, so the MLflow UI holds the
+report next to the train/evaluate runs it summarises.  The files under ``reports/`` stay the truth (the DAG's
+outputs); the run is a copy for browsing.  ``mlflow`` is imported only when tracking is enabled (through
+``flexheads.tracking``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flexheads.config import Params, params_hash
+from flexheads.report.html import report_files
+
+EXPERIMENT = "report"
+ARTIFACT_FOLDERS = ("tables", "figures")  # logged under the same names; index.html goes to the root
+
+
+def publish_report(params: Params, out_dir: Path) -> str | None:
+    """Log ``<out_dir>/tables/*``, ``<out_dir>/figures/*`` and ``<out_dir>/index.html`` as one MLflow run.
+
+    Tags: ``params_hash``, ``git_commit``, ``tasks`` (comma-separated); params: ``runs.<task>``, the number of
+    runs (matrix cells and baselines) the report compares for each task.
+
+    Returns:
+        The run id, or None when ``tracking.enabled`` is false (nothing is logged, mlflow is not imported).
+    """
+    if not params.tracking.enabled:
+        return None
+    from flexheads.tracking import Tracker, git_commit, tracking_uri
+
+    tags = {
+        "params_hash": params_hash(params.model_dump(mode="json")),
+        "git_commit": git_commit(),
+        "tasks": ",".join(params.experiment.tasks),
+    }
+    runs = params.all_runs()
+    counts = {f"runs.{task}": sum(r.task == task for r in runs) for task in params.experiment.tasks}
+    tracker = Tracker.start(tracking_uri(params.tracking.uri), EXPERIMENT, "report", tags=tags, params=counts)
+    try:
+        for folder in ARTIFACT_FOLDERS:
+            for path in report_files(out_dir / folder):
+                tracker.log_artifact(path, folder)
+        index = out_dir / "index.html"
+        if index.exists():
+            tracker.log_artifact(index)
+    except BaseException:
+        tracker.finish("FAILED")
+        raise
+    tracker.finish()
+    return tracker.run_id
