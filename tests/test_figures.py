@@ -25,7 +25,7 @@ from flexheads.optim.optimizers import radam_rectification  # noqa: E402
 from flexheads.optim.schedules import noam, untuned_exponential_warmup, untuned_linear_warmup  # noqa: E402
 from flexheads.report import thesis_figures  # noqa: E402
 from flexheads.report.attention_figures import attention_runs  # noqa: E402
-from flexheads.report.figure_inputs import best_run, read_grad_histograms  # noqa: E402
+from flexheads.report.inputs import best_run, read_grad_histograms  # noqa: E402
 from flexheads.report.figures import figure_plan, write_figures  # noqa: E402
 from flexheads.report.pose_figures import camera_to_upright  # noqa: E402
 from flexheads.report.training_figures import curves_figure, grad_histograms_figure  # noqa: E402

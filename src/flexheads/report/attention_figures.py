@@ -19,7 +19,7 @@ from matplotlib.ticker import MaxNLocator
 
 from flexheads.config import Params, Run
 from flexheads.data.h36m import PARENTS
-from flexheads.report.figure_inputs import first_of_each, pick_regime, read_npz, require, task_runs
+from flexheads.report.inputs import first_of_each, pick_regime, read_npz, require, task_runs
 from flexheads.report.style import SMALL_FONT
 
 HEADS_SHOWN = 4

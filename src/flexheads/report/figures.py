@@ -31,7 +31,7 @@ from flexheads.report import gradcam_figure as gradcam
 from flexheads.report import pose_figures as pose
 from flexheads.report import thesis_figures as thesis
 from flexheads.report import training_figures as training
-from flexheads.report.figure_inputs import MissingInputs
+from flexheads.report.inputs import MissingInputs
 from flexheads.report.style import figure_style
 
 

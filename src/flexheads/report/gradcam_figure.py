@@ -14,7 +14,7 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 
 from flexheads.config import Params
-from flexheads.report.figure_inputs import read_npz, require, task_runs
+from flexheads.report.inputs import read_npz, require, task_runs
 from flexheads.report.style import run_label
 
 GRADCAM_COLUMNS = 8  # lesions shown

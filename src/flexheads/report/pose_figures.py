@@ -20,7 +20,7 @@ import seaborn as sns
 from matplotlib.lines import Line2D
 
 from flexheads.config import Params
-from flexheads.report.figure_inputs import best_run, main_metric, read_npz, read_table, require, task_runs
+from flexheads.report.inputs import best_run, main_metric, read_npz, read_table, require, task_runs
 from flexheads.report.style import SMALL_FONT, run_label
 
 GROUND_TRUTH, PREDICTION = "0.15", "C1"

@@ -23,8 +23,9 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from flexheads.config import Params, Run
+from flexheads.config import Params
 from flexheads.io import write_text
+from flexheads.report.inputs import main_metric, require, task_runs
 from flexheads.stages import task_module
 
 RUN_COLUMNS = [  # (key in train.json, header, better)
@@ -36,25 +37,11 @@ RUN_COLUMNS = [  # (key in train.json, header, better)
 Bold = set[tuple[int, int]]  # (row, column) cells of a table to set in bold
 
 
-def require(paths: list[Path]) -> None:
-    """FileNotFoundError listing every path of ``paths`` that does not exist."""
-    missing = [str(p) for p in paths if not p.exists()]
-    if missing:
-        raise FileNotFoundError(
-            "the report needs every run of the matrix; missing files (run their train/evaluate stages):\n  "
-            + "\n  ".join(missing)
-        )
-
-
-def task_runs(params: Params, task: str) -> list[Run]:
-    return [r for r in params.all_runs() if r.task == task]
-
-
 def collect(params: Params, task: str, metrics_dir: Path, models_dir: Path) -> pd.DataFrame:
     """One row per run of ``task``: its metrics JSON merged with its train summary, and its seed."""
     runs = task_runs(params, task)
     paths = [(metrics_dir / f"{r.name}.json", models_dir / r.name / "train.json") for r in runs]
-    require([p for pair in paths for p in pair])
+    require([p for pair in paths for p in pair], f"table {task}")
     rows = [{**json.loads(m.read_text()), **json.loads(t.read_text()), "seed": r.seed}
             for r, (m, t) in zip(runs, paths)]
     return pd.DataFrame(rows)
@@ -81,12 +68,6 @@ def comparison_table(params: Params, frame: pd.DataFrame, task: str) -> tuple[pd
     return table, best_cells(table, {header: better for _, header, better in columns})
 
 
-def main_metric_direction(task: str) -> tuple[str, str, str]:
-    """(key, header, better) of the task's main metric in its REPORT_COLUMNS."""
-    module = task_module(task)
-    return next(c for c in module.REPORT_COLUMNS if c[0] == module.MAIN_METRIC)
-
-
 def mean_std(values: np.ndarray) -> tuple[float, float]:
     """Mean and sample standard deviation (ddof 1; NaN for a single value) over seeds."""
     values = np.asarray(values, dtype=float)
@@ -100,17 +81,17 @@ def summary_table(frames: dict[str, pd.DataFrame]) -> tuple[pd.DataFrame, Bold]:
     best regime of each attention column."""
     rows, bold = [], set()
     for task, frame in frames.items():
-        key, header, better = main_metric_direction(task)
+        metric = main_metric(task)
         runs = frame[frame["model"] == "transformer"]
-        by_seed = runs.pivot_table(index=["regime", "seed"], columns="attention", values=key, aggfunc="first")
+        by_seed = runs.pivot_table(index=["regime", "seed"], columns="attention", values=metric.key, aggfunc="first")
         regimes = list(dict.fromkeys(runs["regime"]))
         per_seed_mean = by_seed.mean(axis=1).unstack("seed")  # regime × seed, averaged over attention
-        pick = np.nanargmin if better == "min" else np.nanargmax
+        pick = np.nanargmin if metric.lower_is_better else np.nanargmax
         best_regime = regimes[int(pick(per_seed_mean.loc[regimes].mean(axis=1).to_numpy()))]
         start = len(rows)
         for regime in regimes:
             cells = by_seed.loc[regime]
-            row = {"task": task, "metric": header, "regime": regime}
+            row = {"task": task, "metric": metric.header, "regime": regime}
             for attention in ("standard", "flexible"):
                 row[attention] = mean_std(cells[attention]) if attention in cells else (math.nan, math.nan)
             row["flexible − standard"] = (mean_std(cells["flexible"] - cells["standard"])
@@ -121,7 +102,7 @@ def summary_table(frames: dict[str, pd.DataFrame]) -> tuple[pd.DataFrame, Bold]:
         for j, attention in ((3, "standard"), (4, "flexible")):
             means = block[attention].map(lambda cell: cell[0])
             if means.notna().any():
-                bold.add((start + int(means.idxmin() if better == "min" else means.idxmax()), j))
+                bold.add((start + int(means.idxmin() if metric.lower_is_better else means.idxmax()), j))
     return pd.DataFrame(rows), bold
 
 
@@ -131,7 +112,7 @@ def breakdown_table(params: Params, task: str, name: str, key: str, value: str, 
     ``metrics/<run>/<name>.csv`` tables of the task's transformer runs."""
     runs = [r for r in params.runs() if r.task == task]
     paths = [metrics_dir / r.name / f"{name}.csv" for r in runs]
-    require(paths)
+    require(paths, f"table {task}_{name}")
     long = pd.concat([pd.read_csv(p).assign(attention=r.attention, regime=r.regime) for r, p in zip(runs, paths)])
     wide = long.pivot_table(index=["attention", "regime"], columns=key, values=value, aggfunc="mean", sort=False)
     wide = wide[list(dict.fromkeys(long[key]))]  # columns in the tables' order (actions, joints, findings)

@@ -19,7 +19,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import LogFormatter
 
 from flexheads.config import Params, Run
-from flexheads.report.figure_inputs import (
+from flexheads.report.inputs import (
     first_of_each,
     main_metric,
     pick_attention,

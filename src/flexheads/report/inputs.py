@@ -1,7 +1,7 @@
-"""What the figures read: the train and evaluate stages' files, checked before anything is drawn.
+"""What the report reads: the train and evaluate stages' files, checked before anything is written.
 
-A figure whose inputs are incomplete raises :class:`MissingInputs` (a ``FileNotFoundError``) naming every
-missing path, so the report never silently drops a run; ``write_figures`` gathers them over all figures.
+A table or figure whose inputs are incomplete raises :class:`MissingInputs` (a ``FileNotFoundError``) naming
+every missing path, so the report never silently drops a run; ``write_figures`` gathers them over all figures.
 """
 
 from __future__ import annotations
@@ -19,20 +19,23 @@ from flexheads.stages import task_module
 
 
 class MissingInputs(FileNotFoundError):
-    """Stage outputs a figure needs are missing; ``missing`` maps each path to the figures that need it."""
+    """Stage outputs the report needs are missing; ``missing`` maps each path to the tables or figures that need
+    it."""
 
     def __init__(self, missing: dict[Path, list[str]]) -> None:
         self.missing = missing
         lines = [f"{path}  (for {', '.join(figures)})" for path, figures in missing.items()]
-        super().__init__("the report's figures need these files (run the stages that write them):\n  "
+        super().__init__("the report needs every run of the matrix; missing files (run the stages that write "
+                         "them):\n  "
                          + "\n  ".join(lines))
 
 
-def require(paths: Iterable[Path], figure: str) -> None:
-    """Raise :class:`MissingInputs` listing every path of ``paths`` that does not exist."""
+def require(paths: Iterable[Path], needed_by: str) -> None:
+    """Raise :class:`MissingInputs` listing every path of ``paths`` that does not exist (``needed_by``: the table or
+    figure that reads them)."""
     missing = [Path(p) for p in paths if not Path(p).exists()]
     if missing:
-        raise MissingInputs({path: [figure] for path in missing})
+        raise MissingInputs({path: [needed_by] for path in missing})
 
 
 def task_runs(params: Params, task: str, *, baselines: bool = True) -> list[Run]:
@@ -76,6 +79,7 @@ _UNITS = {"mpjpe": "mm", "AP": "OKS, 0–1", "mean_auroc": "0–1"}
 
 
 def main_metric(task: str) -> MainMetric:
+    """The task's ``MAIN_METRIC`` as its ``REPORT_COLUMNS`` present it."""
     module = task_module(task)
     key = module.MAIN_METRIC
     header, better = next((h, b) for k, h, b in module.REPORT_COLUMNS if k == key)
