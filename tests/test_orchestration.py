@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from flexheads.config import load_params
+from flexheads.report.figures import figure_plan
 
 REPO = Path(__file__).resolve().parents[1]
 PROJECT_FILES = ["Snakefile", "dvc.yaml", "params.yaml", "pipeline", "src", ".dvcignore"]
@@ -120,10 +121,17 @@ def test_snakemake_and_dvc_produce_identical_metrics_and_mlflow_runs(tmp_path):
     params = load_params(smk / "params.yaml")
     assert {m["task"] for m in metrics_of(smk).values()} == {"pose3d", "pose2d", "cxr"}
     assert metrics_of(smk) == metrics_of(dvc)
+    figures = [spec.name for spec in figure_plan(params, smk / "metrics", smk / "models")]
+    assert {"positional_encoding", "pose3d_attention", "pose2d_skeletons", "cxr_gradcam"} <= set(figures)
     for project in (smk, dvc):
         for task in params.experiment.tasks:
             table = (project / f"reports/tables/{task}.md").read_text()
             assert all(f"| {r.attention} | {r.regime} |" in table for r in params.runs() if r.task == task)
+        assert (project / "reports/tables/summary.md").stat().st_size > 0
+        for name in figures:  # every figure of the report, drawn from the DAG's outputs
+            assert all((project / f"reports/figures/{name}{suffix}").stat().st_size > 0 for suffix in (".png", ".pdf"))
+        page = (project / "reports/index.html").read_text()
+        assert page.count("<img") >= len(figures) and "<table" in page
 
     # parallel Snakemake trainings all reached the SQLite store, each as one run with tags and metrics
     from mlflow.tracking import MlflowClient
@@ -140,6 +148,9 @@ def test_snakemake_and_dvc_produce_identical_metrics_and_mlflow_runs(tmp_path):
             assert {"task", "attention", "regime", "seed", "git_commit", "params_hash"} <= set(r.data.tags)
             assert main_metric[task] in r.data.metrics
             assert len(client.get_metric_history(r.info.run_id, "loss")) == steps
+    report_runs = client.search_runs([client.get_experiment_by_name("report").experiment_id])
+    assert len(report_runs) == 1 and report_runs[0].info.status == "FINISHED"
+    assert "index.html" in {a.path for a in client.list_artifacts(report_runs[0].info.run_id)}
 
 
 @pytest.mark.slow

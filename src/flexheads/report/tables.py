@@ -83,7 +83,8 @@ def summary_table(frames: dict[str, pd.DataFrame]) -> tuple[pd.DataFrame, Bold]:
     for task, frame in frames.items():
         metric = main_metric(task)
         runs = frame[frame["model"] == "transformer"]
-        by_seed = runs.pivot_table(index=["regime", "seed"], columns="attention", values=metric.key, aggfunc="first")
+        by_seed = runs.pivot_table(index=["regime", "seed"], columns="attention", values=metric.key, aggfunc="first",
+                                   dropna=False)  # keep undefined (null) metrics as NaN
         regimes = list(dict.fromkeys(runs["regime"]))
         per_seed_mean = by_seed.mean(axis=1).unstack("seed")  # regime × seed, averaged over attention
         pick = np.nanargmin if metric.lower_is_better else np.nanargmax
@@ -114,7 +115,8 @@ def breakdown_table(params: Params, task: str, name: str, key: str, value: str, 
     paths = [metrics_dir / r.name / f"{name}.csv" for r in runs]
     require(paths, f"table {task}_{name}")
     long = pd.concat([pd.read_csv(p).assign(attention=r.attention, regime=r.regime) for r, p in zip(runs, paths)])
-    wide = long.pivot_table(index=["attention", "regime"], columns=key, values=value, aggfunc="mean", sort=False)
+    wide = long.pivot_table(index=["attention", "regime"], columns=key, values=value, aggfunc="mean", sort=False,
+                            dropna=False)  # a finding without test positives has no AUROC: a column of —
     wide = wide[list(dict.fromkeys(long[key]))]  # columns in the tables' order (actions, joints, findings)
     table = wide.reset_index()
     table.columns = [str(c).replace("_", " ") for c in table.columns]
