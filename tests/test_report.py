@@ -58,7 +58,7 @@ def test_table_rows_follow_the_metrics_files_and_mark_the_best(tmp_path):
     markdown = (tables / "cxr.md").read_text()
     noam, radam = row(markdown, "transformer", "standard", "noam"), row(markdown, "transformer", "standard", "radam")
     assert "| 0.7100 |" in noam and "| **0.8300** |" in radam  # the higher AUROC is marked
-    assert "| — |" in noam and "| **0.9000** |" in radam  # an undefined metric shows as a dash, never "best"
+    assert "| — |" in noam and "| 0.9000 |" in radam  # an undefined metric shows as a dash; one value is no "best"
     assert "id-radam-0" in radam
     assert "\\textbf{0.8300}" in (tables / "cxr.tex").read_text()
     assert pd.read_csv(tables / "cxr.csv")["mean_auroc"].tolist() == [0.71, 0.83]
@@ -89,6 +89,14 @@ def test_seeds_give_mean_and_std_and_paired_differences(tmp_path):
     assert row(per_class, "standard", "radam").startswith("| standard | radam | **0.8200** | **0.8300** |")
     assert row(per_class, "flexible", "noam").endswith("| — | 0.9100 |")  # Hernia undefined in every run, COVID-19
     assert "\\resizebox" in (tables / "cxr_per_class.tex").read_text()  # 15 findings: scaled to the page
+
+
+def test_a_column_of_equal_values_has_no_best(tmp_path):
+    for regime, auroc in (("noam", 0.5), ("radam", 0.5)):
+        write_run(tmp_path, f"cxr-standard-{regime}-0", auroc, covid=0.9 if regime == "noam" else 0.8)
+    markdown = (report(tmp_path, cxr_params(["standard"], [0])) / "cxr.md").read_text()
+    assert "**0.5000**" not in markdown  # both runs score 0.5: neither is better
+    assert markdown.count("**0.2000**") == 0 and "**0.9000**" in markdown
 
 
 def test_a_missing_run_lists_its_files(tmp_path):

@@ -48,14 +48,16 @@ def collect(params: Params, task: str, metrics_dir: Path, models_dir: Path) -> p
 
 
 def best_cells(values: pd.DataFrame, better: dict[str, str | None]) -> Bold:
-    """Per column with a direction (``"min"``/``"max"``), the row of the best value; columns whose values are
-    all undefined (NaN, e.g. AUROC of a test set without positives) get no mark."""
+    """Per column with a direction (``"min"``/``"max"``), the rows of the best value (every tied row); no mark
+    in a column where all defined values are equal (nothing is better) or none is defined (NaN, e.g. AUROC of a
+    test set without positives)."""
     cells = set()
     for j, column in enumerate(values.columns):
-        numbers = pd.to_numeric(values[column], errors="coerce")
-        if better.get(column) is not None and numbers.notna().any():
-            best = numbers.idxmin() if better[column] == "min" else numbers.idxmax()
-            cells.add((values.index.get_loc(best), j))
+        numbers = pd.to_numeric(values[column], errors="coerce").to_numpy(dtype=float)
+        if better.get(column) is None or np.isnan(numbers).all() or np.nanmin(numbers) == np.nanmax(numbers):
+            continue
+        best = np.nanmin(numbers) if better[column] == "min" else np.nanmax(numbers)
+        cells |= {(int(i), j) for i in np.flatnonzero(numbers == best)}
     return cells
 
 
