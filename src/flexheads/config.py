@@ -284,6 +284,10 @@ class Params(_Section):
                 raise ValueError(f"{key}: unknown regime {unknown}; defined under 'regimes:' are {sorted(self.regimes)}")
         return self
 
+    def hash(self) -> str:
+        """Short stable hash of the whole validated file (the report's ``params_hash``)."""
+        return params_hash(self.model_dump(mode="json"))
+
     def runs(self) -> list[Run]:
         """The experiment matrix in a stable order (task, attention, regime, seed)."""
         e = self.experiment

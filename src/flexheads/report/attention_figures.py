@@ -19,7 +19,7 @@ from matplotlib.ticker import MaxNLocator
 
 from flexheads.config import Params, Run
 from flexheads.data.h36m import PARENTS
-from flexheads.report.inputs import first_of_each, pick_regime, read_npz, require, task_runs
+from flexheads.report.inputs import first_of_each, pick_regime, read_npz, task_runs
 from flexheads.report.style import SMALL_FONT
 
 HEADS_SHOWN = 4
@@ -38,11 +38,9 @@ def attention_inputs(params: Params, task: str, metrics_dir: Path) -> list[Path]
     return [metrics_dir / r.name / "attention.npz" for r in attention_runs(params, task)[1]]
 
 
-def _read(params: Params, task: str, metrics_dir: Path, figure: str) -> tuple[str, list[Run], list[dict]]:
+def _read(params: Params, task: str, metrics_dir: Path) -> tuple[str, list[Run], list[dict]]:
     regime, runs = attention_runs(params, task)
-    paths = attention_inputs(params, task, metrics_dir)
-    require(paths, figure)
-    return regime, runs, [read_npz(p, KEYS) for p in paths]
+    return regime, runs, [read_npz(p, KEYS) for p in attention_inputs(params, task, metrics_dir)]
 
 
 def _head_width(params: Params, task: str, attention: str) -> int:
@@ -70,7 +68,7 @@ def _draw_input(ax: plt.Axes, task: str, image: np.ndarray) -> None:
 
 
 def attention_figure(params: Params, task: str, metrics_dir: Path) -> plt.Figure:
-    regime, runs, arrays = _read(params, task, metrics_dir, f"{task}_attention")
+    regime, runs, arrays = _read(params, task, metrics_dir)
     weights = [a["weights"][-1, :HEADS_SHOWN] for a in arrays]  # last layer: (heads, N, N)
     heads = max(len(w) for w in weights)
     tokens = [str(t) for t in arrays[0]["tokens"]]
@@ -126,23 +124,18 @@ def _token_note(tokens: np.ndarray, grid: np.ndarray) -> str:
 
 
 def _cls_and_patches(tokens: np.ndarray, grid: np.ndarray) -> tuple[int, np.ndarray]:
-    """Index of the CLS token and the patch tokens' indices in grid (row-major) order."""
-    n, patches = len(tokens), int(np.prod(grid))
-    named = [i for i, t in enumerate(tokens) if "cls" in str(t).lower()]
-    if len(named) == 1:
-        cls = named[0]
-    elif n == patches + 1:
-        cls = 0  # ViT convention: the class token first
-    else:
-        raise ValueError(f"attention.npz: cannot tell the CLS token among {n} tokens on a {tuple(grid)} grid")
-    others = np.array([i for i in range(n) if i != cls])
-    if len(others) != patches:
-        raise ValueError(f"attention.npz: {len(others)} patch tokens for a {tuple(grid)} grid")
-    return cls, others
+    """Index of the ``CLS`` token and the patch tokens' indices in grid (row-major) order, as cxr's evaluate
+    names them (``CLS``, then ``r{row}c{col}``)."""
+    names = [str(t) for t in tokens]
+    if "CLS" not in names or len(names) != int(np.prod(grid)) + 1:
+        raise ValueError(f"attention.npz: expected a 'CLS' token and the {tuple(grid)} grid's patch tokens, "
+                         f"got {len(names)} tokens")
+    cls = names.index("CLS")
+    return cls, np.array([i for i in range(len(names)) if i != cls])
 
 
 def cls_attention_figure(params: Params, metrics_dir: Path) -> plt.Figure:
-    regime, runs, arrays = _read(params, "cxr", metrics_dir, "cxr_attention_cls")
+    regime, runs, arrays = _read(params, "cxr", metrics_dir)
     heads = min(HEADS_SHOWN, min(a["weights"].shape[1] for a in arrays))
     columns = ["image"] + [f"head {h + 1}" for h in range(heads)] + ["mean of all heads"]
     figure, axes = plt.subplots(len(runs), len(columns), figsize=(1.9 * len(columns) + 1.4, 2.0 * len(runs) + 0.8),

@@ -14,7 +14,7 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import Normalize
 
 from flexheads.config import Params
-from flexheads.report.inputs import read_npz, require, task_runs
+from flexheads.report.inputs import read_npz, task_runs
 from flexheads.report.style import run_label
 
 GRADCAM_COLUMNS = 8  # lesions shown
@@ -31,7 +31,6 @@ def gradcam_figure(params: Params, metrics_dir: Path) -> plt.Figure | None:
     paths = gradcam_inputs(params, metrics_dir)
     if not any(p.exists() for p in paths):
         return None
-    require(paths, "cxr_gradcam")
     arrays = [read_npz(p, ("images", "maps", "masks", "findings")) for p in paths]
     first = arrays[0]
     n = min(GRADCAM_COLUMNS, len(first["findings"]))

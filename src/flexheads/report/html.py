@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from flexheads.config import Params, params_hash
+from flexheads.config import Params
 from flexheads.io import write_text
 from flexheads.tracking import git_commit
 
@@ -98,7 +98,7 @@ def write_index(params: Params, params_path: Path, out_dir: Path) -> Path:
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     meta = [
         ("params", (f"<code>{_esc(str(params_path))}</code>, hash <code>"
-                    f"{_esc(params_hash(params.model_dump(mode='json')))}</code>")),
+                    f"{_esc(params.hash())}</code>")),
         ("git commit", f"<code>{_esc(git_commit())}</code>"),
         ("generated", _esc(generated)),
     ]

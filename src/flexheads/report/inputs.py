@@ -1,7 +1,8 @@
 """What the report reads: the train and evaluate stages' files, checked before anything is written.
 
 A table or figure whose inputs are incomplete raises :class:`MissingInputs` (a ``FileNotFoundError``) naming
-every missing path, so the report never silently drops a run; ``write_figures`` gathers them over all figures.
+every missing path, so the report never silently drops a run: the tables call :func:`require`, ``write_figures``
+checks every figure's inputs before drawing any.
 """
 
 from __future__ import annotations
@@ -69,11 +70,6 @@ class MainMetric:
     unit: str
     lower_is_better: bool
 
-    @property
-    def axis_label(self) -> str:
-        unit = f" ({self.unit})" if self.unit else ""
-        return f"{self.header}{unit}, {'lower' if self.lower_is_better else 'higher'} is better"
-
 
 _UNITS = {"mpjpe": "mm", "AP": "OKS, 0–1", "mean_auroc": "0–1"}
 
@@ -89,7 +85,6 @@ def main_metric(task: str) -> MainMetric:
 def best_run(params: Params, task: str, metrics_dir: Path, figure: str) -> tuple[Run, float]:
     """The run of ``task`` (baselines included) with the best main metric in ``metrics/<run>.json``."""
     runs = task_runs(params, task)
-    require([metrics_dir / f"{r.name}.json" for r in runs], figure)
     metric = main_metric(task)
     scores = {}
     for run in runs:

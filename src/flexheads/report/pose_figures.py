@@ -20,8 +20,9 @@ import seaborn as sns
 from matplotlib.lines import Line2D
 
 from flexheads.config import Params
-from flexheads.report.inputs import best_run, main_metric, read_npz, read_table, require, task_runs
+from flexheads.report.inputs import best_run, main_metric, read_npz, read_table, task_runs
 from flexheads.report.style import SMALL_FONT, run_label
+from flexheads.stages import task_module
 
 GROUND_TRUTH, PREDICTION = "0.15", "C1"
 EXAMPLE_COLUMNS = 4
@@ -52,11 +53,8 @@ def skeletons_inputs(params: Params, task: str, metrics_dir: Path) -> list[Path]
 
 
 def pose3d_skeletons_figure(params: Params, metrics_dir: Path) -> plt.Figure:
-    figure_name = "pose3d_skeletons"
-    run, score = best_run(params, "pose3d", metrics_dir, figure_name)
-    path = metrics_dir / run.name / "examples.npz"
-    require([path], figure_name)
-    ex = read_npz(path, ("pred", "target", "parents", "actions"))
+    run, score = best_run(params, "pose3d", metrics_dir, "pose3d_skeletons")
+    ex = read_npz(metrics_dir / run.name / "examples.npz", ("pred", "target", "parents", "actions"))
     upright = {k: camera_to_upright(ex[k]) for k in ("pred", "target")}
     rows, cols = _grid(len(ex["pred"]))
     height = 3.4 * rows + 1.0
@@ -94,11 +92,8 @@ def pose3d_skeletons_figure(params: Params, metrics_dir: Path) -> plt.Figure:
 
 
 def pose2d_skeletons_figure(params: Params, metrics_dir: Path) -> plt.Figure:
-    figure_name = "pose2d_skeletons"
-    run, score = best_run(params, "pose2d", metrics_dir, figure_name)
-    path = metrics_dir / run.name / "examples.npz"
-    require([path], figure_name)
-    ex = read_npz(path, ("images", "pred", "target", "visible", "skeleton"))
+    run, score = best_run(params, "pose2d", metrics_dir, "pose2d_skeletons")
+    ex = read_npz(metrics_dir / run.name / "examples.npz", ("images", "pred", "target", "visible", "skeleton"))
     rows, cols = _grid(len(ex["images"]))
     height, width = ex["images"].shape[1:3]
     panel = 2.4
@@ -127,9 +122,9 @@ def pose2d_skeletons_figure(params: Params, metrics_dir: Path) -> plt.Figure:
     return figure
 
 
-PER_JOINT = {  # task: (joint column, value column, scale, colour bar label, colour map, higher is better)
-    "pose3d": ("joint", "mpjpe", 1.0, "MPJPE (mm), lower is better", "rocket_r", False),
-    "pose2d": ("keypoint", "pckh50", 100.0, "PCKh@0.5 (%), higher is better", "mako", True),
+HEAT_MAPS = {  # the per-joint breakdown's direction: (scale, unit added to its label, colour map)
+    "min": (1.0, "", "rocket_r"),  # errors (MPJPE, mm)
+    "max": (100.0, " (%)", "mako"),  # fractions of joints found (PCKh), shown as percent
 }
 
 
@@ -138,11 +133,14 @@ def per_joint_inputs(params: Params, task: str, metrics_dir: Path) -> list[Path]
 
 
 def per_joint_figure(params: Params, task: str, metrics_dir: Path) -> plt.Figure:
-    joint_column, value_column, scale, label, cmap, higher_better = PER_JOINT[task]
+    # the columns and direction the report's per-joint table uses (the task's REPORT_BREAKDOWNS)
+    _, joint_column, value_column, label, better = next(
+        b for b in task_module(task).REPORT_BREAKDOWNS if b[0] == "per_joint")
+    scale, unit, cmap = HEAT_MAPS[better]
+    higher_better = better == "max"
+    label = f"{label}{unit}, {'higher' if higher_better else 'lower'} is better"
     runs = task_runs(params, task)
-    paths = per_joint_inputs(params, task, metrics_dir)
-    require(paths, f"{task}_per_joint")
-    tables = [read_table(p, [joint_column, value_column]) for p in paths]
+    tables = [read_table(p, [joint_column, value_column]) for p in per_joint_inputs(params, task, metrics_dir)]
     joints = list(tables[0][joint_column])
     matrix = pd.DataFrame([t.set_index(joint_column)[value_column].reindex(joints) * scale for t in tables],
                           index=[run_label(r, runs) for r in runs], columns=joints)

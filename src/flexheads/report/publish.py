@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flexheads.config import Params, params_hash
+from flexheads.config import Params
 from flexheads.report.html import report_files
 
 EXPERIMENT = "report"
@@ -31,7 +31,7 @@ def publish_report(params: Params, out_dir: Path) -> str | None:
     from flexheads.tracking import Tracker, git_commit, tracking_uri
 
     tags = {
-        "params_hash": params_hash(params.model_dump(mode="json")),
+        "params_hash": params.hash(),
         "git_commit": git_commit(),
         "tasks": ",".join(params.experiment.tasks),
     }

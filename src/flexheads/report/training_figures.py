@@ -25,7 +25,6 @@ from flexheads.report.inputs import (
     pick_attention,
     read_grad_histograms,
     read_table,
-    require,
     task_runs,
 )
 from flexheads.report.style import run_colour, run_legend_handles, run_linestyle
@@ -53,9 +52,7 @@ def grad_histograms_inputs(params: Params, task: str, models_dir: Path) -> list[
 def grad_histograms_figure(params: Params, task: str, models_dir: Path) -> plt.Figure:
     attention = pick_attention(params)
     runs, first_seeds = grad_histogram_runs(params, task)
-    paths = grad_histograms_inputs(params, task, models_dir)
-    require(paths, f"{task}_grad_histograms")
-    histograms = [read_grad_histograms(p) for p in paths]
+    histograms = [read_grad_histograms(p) for p in grad_histograms_inputs(params, task, models_dir)]
     steps = sorted({s for _, fractions in histograms for s in fractions})
     colours = dict(zip(steps, sns.color_palette("flare", len(steps))))
 
@@ -98,11 +95,9 @@ def curves_inputs(params: Params, task: str, models_dir: Path) -> list[Path]:
 
 def curves_figure(params: Params, task: str, models_dir: Path) -> plt.Figure:
     runs = task_runs(params, task)
-    paths = curves_inputs(params, task, models_dir)
-    require(paths, f"{task}_curves")
     metric = main_metric(task)
     val_column = f"val_{metric.key}"
-    histories = [read_table(p, ["step", "loss"]) for p in paths]
+    histories = [read_table(p, ["step", "loss"]) for p in curves_inputs(params, task, models_dir)]
     has_val = any(val_column in h and h[val_column].notna().any() for h in histories)
     window = max(5, max(len(h) for h in histories) // 50)
 
