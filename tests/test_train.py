@@ -1,11 +1,14 @@
 """The training loop on a tiny CPU regression model: bit-identical reruns, resume == uninterrupted, atomic
-checkpoints, divergence handling, logging, validation, per-step learning rates, gradient histograms and clipping."""
+checkpoints, divergence handling, logging, progress lines, validation, per-step learning rates, gradient histograms
+and clipping."""
 
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -24,6 +27,7 @@ from flexheads.train import (
     fit,
     grad_histogram,
     pick_device,
+    progress_line,
     seed_everything,
 )
 
@@ -79,12 +83,12 @@ class Recorder:
         return self.batches(step)
 
 
-def train(config: RunConfig, out_dir: Path, batches: Callable[[int], Any] = batch_at,
+def train(config: RunConfig, out_dir: Path, batches: Callable[[int], Any] = batch_at, *, progress: bool = False,
           **kwargs: Any) -> tuple[nn.Module, TrainResult]:
-    """What the train stage does: seed, build the model, fit."""
+    """What the train stage does: seed, build the model, fit (quietly unless asked for progress)."""
     seed_everything(config.seed)
     model = tiny_model()
-    result = fit(model, loss_fn, batches, config, out_dir, device=CPU, progress=False, **kwargs)
+    result = fit(model, loss_fn, batches, config, out_dir, device=CPU, progress=progress, **kwargs)
     return model, result
 
 
@@ -305,6 +309,68 @@ def test_log_after_resume_misses_no_step(tmp_path: Path) -> None:
     assert [[row["step"] for row in rows] for rows in second][0] == [9, 10, 11, 12]
     assert [row["step"] for rows in second for row in rows] == list(range(9, 31))
     assert [row for rows in first + second for row in rows] == result.history
+
+
+# --- progress -----------------------------------------------------------------------------------------
+
+PROGRESS_LINE = re.compile(
+    r"^(\S+) step (\d+)/(\d+) loss (\S+) lr (\S+) elapsed (\d+:\d\d:\d\d) eta (\d+:\d\d:\d\d)$"
+)  # groups: name, step, total, loss, lr, elapsed, eta
+
+
+def progress_lines(err: str) -> list[re.Match[str]]:
+    """The progress lines of captured stderr; fails on any other output."""
+    matches = [PROGRESS_LINE.match(line) for line in err.splitlines()]
+    assert all(matches), err
+    return matches  # type: ignore[return-value]
+
+
+def test_progress_lines_when_stderr_is_a_log(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Captured stderr is not a terminal (like a Snakemake/DVC log): a line every log_every steps and the last."""
+    config = make_config(log_every=7)
+    _, result = train(config, tmp_path / "run", progress=True)
+    lines = progress_lines(capsys.readouterr().err)
+    assert [int(m[2]) for m in lines] == [7, 14, 21, 28, 30]
+    rows = {row["step"]: row for row in result.history}
+    for m in lines:
+        row = rows[int(m[2])]
+        assert (m[1], m[3]) == (config.run.name, "30")
+        assert (m[4], m[5]) == (f"{row['loss']:.4f}", f"{row['lr']:.1e}")
+    assert lines[-1][7] == "0:00:00"  # nothing left
+
+    train(config, tmp_path / "quiet")  # progress=False: no bar, no lines
+    assert capsys.readouterr().err == ""
+
+
+def test_progress_lines_after_resume(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = make_config(log_every=7)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path, Recorder(fail_at=11), progress=True)  # checkpointed at 10
+    assert [int(m[2]) for m in progress_lines(capsys.readouterr().err)] == [7]
+    train(config, tmp_path, progress=True)
+    assert [int(m[2]) for m in progress_lines(capsys.readouterr().err)] == [14, 21, 28, 30]
+
+
+def test_terminal_shows_the_bar_and_no_lines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr("sys.stderr", terminal)
+    config = make_config()
+    train(config, tmp_path, progress=True)
+    shown = terminal.getvalue()
+    assert f"{config.run.name}:" in shown and "/30 [" in shown and "loss=" in shown  # the bar, with its postfix
+    assert " step " not in shown
+
+
+def test_progress_line_eta_counts_only_this_process_steps() -> None:
+    """Resumed at step 20, 5 steps in 7.2 s: the 375 steps left take 375 * 1.44 s = 9 min."""
+    line = progress_line("pose3d-standard-noam-0", 25, 400, 0.81234, 1.234e-4, elapsed_s=7.2, steps_done=5)
+    assert line == "pose3d-standard-noam-0 step 25/400 loss 0.8123 lr 1.2e-04 elapsed 0:00:07 eta 0:09:00"
+    assert progress_line("r", 1, 2, 1.0, 1.0, elapsed_s=3 * 3600 + 61, steps_done=1).endswith(
+        "elapsed 3:01:01 eta 3:01:01")
 
 
 # --- validation ---------------------------------------------------------------------------------------

@@ -6,11 +6,14 @@ owns the step counter and sets each step's learning rate from the regime's sched
 loss, learning rate and gradient norm, histograms of ``log10|grad|`` at ``grad_snapshot_steps`` for the
 thesis's figure 3.16, and, given a task's ``validate``, a held-out metric every ``eval_every`` steps (the
 validation curves).  On CPU the same config gives bit-identical results, interrupted or not, validated or not.
+Progress shows as a tqdm bar on a terminal and, when stderr is a log file (Snakemake, DVC), as one
+:func:`progress_line` every ``log_every`` steps and at the last step.
 """
 
 from __future__ import annotations
 
 import math
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -76,7 +79,7 @@ def fit(
     log: Callable[[list[dict[str, float]]], None] | None = None,
     validate: Callable[[nn.Module, torch.device], float] | None = None,
     validate_key: str = "val",
-    progress: bool = True,  # a progress bar when stderr is a terminal
+    progress: bool = True,  # a bar when stderr is a terminal, else progress lines; False silences both
 ) -> TrainResult:
     """Train ``model`` for ``config.train.steps`` steps, resuming from ``out_dir/checkpoint.pt`` if present.
 
@@ -89,6 +92,8 @@ def fit(
             ``eval_every``-th step and of the last step (never when ``eval_every`` is 0) by :func:`validated`,
             which leaves training bit-identical; the value goes into that step's history row as
             ``validate_key``, and rows of other steps lack the key.
+        progress: on a terminal a tqdm bar showing loss and lr; otherwise (stderr redirected to a log, as
+            under Snakemake and DVC) a :func:`progress_line` on stderr at every ``log`` step.
     Raises:
         TrainingDiverged: on a NaN/inf loss; the checkpoint of the last good interval stays on disk.
     """
@@ -114,6 +119,9 @@ def fit(
     model.train()
     bar = tqdm(range(state["step"] + 1, settings.steps + 1), desc=config.run.name, disable=None if progress else True,
                initial=state["step"], total=settings.steps, leave=False)
+    # tqdm hides the bar when stderr is not a terminal (disable=None): lines take its place, never both
+    print_lines = progress and bar.disable
+    first_step, process_start = state["step"], time.monotonic()  # the ETA extrapolates this process's steps
     for step in bar:
         lr = lr_of_step(step)
         for group in optimizer.param_groups:
@@ -144,9 +152,14 @@ def fit(
         state["history"].append(row)
         unlogged.append(row)
         bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}")
-        if log is not None and (step % settings.log_every == 0 or step == settings.steps):
-            log(unlogged)
-            unlogged = []
+        if step % settings.log_every == 0 or step == settings.steps:
+            if log is not None:
+                log(unlogged)
+                unlogged = []
+            if print_lines:
+                line = progress_line(config.run.name, step, settings.steps, loss_value, lr,
+                                     elapsed_s=time.monotonic() - process_start, steps_done=step - first_step)
+                print(line, file=sys.stderr, flush=True)
         if step % settings.checkpoint_every == 0 or step == settings.steps:
             state.update(step=step, wall_time_s=time.perf_counter() - started)
             _save_checkpoint(checkpoint, model, optimizer, state)
@@ -160,6 +173,27 @@ def fit(
         history=history,
         grad_histograms=state["grad_histograms"],
     )
+
+
+def progress_line(name: str, step: int, total: int, loss: float, lr: float, *, elapsed_s: float,
+                  steps_done: int) -> str:
+    """``pose3d-standard-noam-0 step 25/400 loss 0.8123 lr 1.2e-04 elapsed 0:00:07 eta 0:01:45``.
+
+    Args:
+        elapsed_s: seconds this process has trained for, so a resumed run's times are its own.
+        steps_done: steps this process ran in ``elapsed_s`` (``step`` minus the resumed step); the ETA assumes
+            the ``total - step`` steps left take as long each.
+    """
+    eta_s = elapsed_s / steps_done * (total - step)
+    return (f"{name} step {step}/{total} loss {loss:.4f} lr {lr:.1e} "
+            f"elapsed {_clock(elapsed_s)} eta {_clock(eta_s)}")
+
+
+def _clock(seconds: float) -> str:
+    """``h:mm:ss``, hours unbounded."""
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
 
 
 def validated(model: nn.Module, validate: Callable[[nn.Module, torch.device], float], device: torch.device) -> float:
