@@ -17,6 +17,7 @@ from flexheads.cli import app
 from flexheads.config import Params, Tracking
 from flexheads.data import h36m
 from flexheads.stages import evaluate_run, load_model, train_run
+from flexheads.tracking import git_commit
 from flexheads.tasks import pose3d
 
 REPO = Path(__file__).resolve().parents[1]
@@ -171,6 +172,39 @@ def test_validation_curve_reaches_history_and_mlflow_without_changing_training(p
     check_examples(out.with_suffix("") / "examples.npz", h5_path, tmp_path / "7")
 
 
+def test_mlflow_run_records_the_heads_built_the_model_file_and_its_source(prepared, tmp_path, monkeypatch):
+    """heads.d_head is the real width (d_model // n_heads standard, d_head_flexible flexible; the config's
+    model.d_head_flexible alone would say 16 for both), the MLP logs no heads; model.pt is an artifact, the run
+    has MLflow's source tags and its experiment a description."""
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    _, h5_path, _ = prepared
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    params = tiny_params(steps=2, eval_every=0).model_copy(update={"tracking": Tracking(uri=uri)})
+    client = MlflowClient(uri)
+    widths = {run_name(params, "standard", "preln"): 8, run_name(params, "flexible", "preln"): 16,
+              baseline_name(params): None}
+    for run, d_head in widths.items():
+        run_id = train_run(params, run, h5_path, tmp_path / run, device="cpu", progress=False)["mlflow_run_id"]
+        logged = client.get_run(run_id).data
+        heads = {key: value for key, value in logged.params.items() if key.startswith("heads.")}
+        if d_head is None:
+            assert heads == {}
+        else:
+            inner = 4 * d_head  # n_heads 4, d_model 32, 2 layers of q, k, v (32 → inner) and out (inner → 32)
+            assert heads == {"heads.n_heads": "4", "heads.d_head": str(d_head), "heads.inner_width": str(inner),
+                             "heads.attention_params": str(2 * (3 * (32 * inner + inner) + inner * 32 + 32))}
+        assert [a.path for a in client.list_artifacts(run_id, "model")] == ["model/model.pt"]
+        assert logged.tags["mlflow.source.name"] == "flexheads train"
+        assert logged.tags["mlflow.source.type"] == "LOCAL"
+        assert logged.tags["mlflow.user"]
+        assert logged.tags.get("mlflow.source.git.commit", "unknown") == git_commit().removesuffix("-dirty")
+    experiment = client.get_experiment_by_name("pose3d")
+    assert experiment.tags["mlflow.note.content"].startswith("3D human pose lifting")
+
+
 def test_validation_on_the_whole_test_split_is_the_evaluated_mpjpe(prepared, tmp_path, monkeypatch):
     """The validation metric is evaluate's MAIN_METRIC, computed by the same code: on every test frame the two agree."""
     params, h5_path, stats_path = prepared
@@ -230,7 +264,7 @@ def test_every_subcommand_has_help():
     runner = CliRunner()
     top = runner.invoke(app, ["--help"])
     assert top.exit_code == 0
-    for command in ("runs", "download", "prepare", "train", "evaluate", "report", "tracking-init", "ui"):
+    for command in ("runs", "download", "prepare", "train", "evaluate", "report", "compare", "tracking-init", "ui"):
         assert command in top.output
         result = runner.invoke(app, [command, "--help"])
         assert result.exit_code == 0 and "Usage" in result.output

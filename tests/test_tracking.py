@@ -6,7 +6,7 @@ import multiprocessing as mp
 
 import pytest
 
-from flexheads.tracking import Tracker, ensure_experiments, tracking_uri
+from flexheads.tracking import EXPERIMENT_NOTES, Tracker, ensure_experiments, runs_url, tracking_uri
 
 pytest.importorskip("mlflow")
 from mlflow.tracking import MlflowClient  # noqa: E402
@@ -46,6 +46,24 @@ def test_experiments_are_created_once_with_local_artifacts(tmp_path):
     assert ensure_experiments(uri, ["pose3d", "report"]) == first
     location = MlflowClient(uri).get_experiment(first["pose3d"]).artifact_location
     assert location == (tmp_path / "artifacts" / "pose3d").as_uri()
+
+
+def test_experiments_carry_a_description_and_open_on_their_runs(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    client = MlflowClient(uri)
+    old = client.create_experiment("pose2d")  # made before descriptions existed
+    client.create_experiment("cxr", tags={"mlflow.note.content": "my own words"})
+    ids = ensure_experiments(uri, ["pose3d", "pose2d", "cxr"])
+    assert ids["pose2d"] == old
+    tags = {name: client.get_experiment(i).tags for name, i in ids.items()}
+    assert tags["pose3d"]["mlflow.note.content"] == EXPERIMENT_NOTES["pose3d"]
+    assert tags["pose2d"]["mlflow.note.content"] == EXPERIMENT_NOTES["pose2d"]  # added to the older experiment
+    assert tags["cxr"]["mlflow.note.content"] == "my own words"  # a description edited in the UI is kept
+    assert {t["mlflow.experimentKind"] for t in tags.values()} == {"custom_model_development"}
+
+
+def test_runs_url_is_the_hash_route_of_the_runs_tab():
+    assert runs_url("http://127.0.0.1:5000/", "3") == "http://127.0.0.1:5000/#/experiments/3/runs"
 
 
 def test_environment_overrides_params(monkeypatch, tmp_path):

@@ -1,41 +1,84 @@
-# Shared definitions: the experiment matrix from params.yaml (validated by flexheads.config) and input helpers.
-import shutil
-import subprocess
+# The stages of dvc.yaml as DVC resolves them, DVC's verdict on which are stale, and what each rule claims.
+import shlex
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
 
 from flexheads.config import load_params
+from flexheads.dag import MARKER_DIR, is_folder, read_stages, settle, stage_inputs
 
-PARAMS = load_params("params.yaml")
-RUNS = [run.name for run in PARAMS.all_runs()]  # the matrix, then the baselines
-TASKS = list(PARAMS.experiment.tasks)
+if config:
+    raise WorkflowError(
+        f"--config / configfile values are not used ({', '.join(map(str, config))}): params.yaml is the single "
+        "source of truth for both front doors. Edit params.yaml, or try a variation with "
+        "`dvc exp run -S key=value`."
+    )
+
+PARAMS = load_params("params.yaml")  # validated up front: a typo fails here, naming the key
+STAGES = read_stages(Path("."))
 ENV = "../envs/flexheads.yaml"
+RUNS_ON_GPU = ("train", "evaluate")  # stage kinds that use the GPU when there is one
 
 
-def visible_gpus() -> int:
-    """GPUs nvidia-smi lists (0 without a driver): each training claims one when there are any."""
-    if shutil.which("nvidia-smi") is None:
-        return 0
-    listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True).stdout
-    return sum(line.startswith("GPU ") for line in listing.splitlines())
+def stale_markers() -> dict:
+    """Stage name → its marker: the main process asks DVC (dag.settle); a job re-parsing the workflow only names them."""
+    if workflow.is_main_process:
+        return settle(Path("."), STAGES)
+    return {stage.name: f"{MARKER_DIR}/{stage.rule_name}" for stage in STAGES}
 
 
-GPUS_PER_TRAINING = 1 if visible_gpus() else 0
+MARKERS = stale_markers()
 
 
-def task_of_run(run: str) -> str:
-    return PARAMS.run(run).task
+def gpus_granted() -> int:
+    """GPUs the run may use: `--resources gpu=N` or the profile's `resources:` (0 by default)."""
+    return int(workflow.global_resources.get("gpu").value or 0)
 
 
-def prepared_h5(wildcards) -> str:
-    return f"data/prepared/{task_of_run(wildcards.run)}.h5"
+def gpu_claim(stage) -> int:
+    """Each train/evaluate job claims one GPU when the run has any, so jobs take turns on them."""
+    return int(stage.kind in RUNS_ON_GPU and gpus_granted() > 0)
 
 
-def prepared_stats(wildcards) -> str:
-    return f"data/prepared/{task_of_run(wildcards.run)}.stats.json"
+def job_threads(stage) -> int:
+    """train/evaluate use `threads` CPU threads (params.yaml; their results depend on it bit for bit)."""
+    return PARAMS.threads if stage.kind in RUNS_ON_GPU else 1
 
 
-wildcard_constraints:
-    task="|".join(TASKS),
-    run="|".join(RUNS),
+PRODUCED = {path for stage in STAGES for path in stage.outs}
+
+
+def rule_inputs(stage) -> list:
+    """DVC's dependencies and the stage's marker. Source dependencies (code links) are `ancient`: DVC's marker
+    judges them by content; outputs of other stages order the jobs and pass reruns downstream."""
+    inputs = [path if path in PRODUCED else ancient(path) for path in stage_inputs(stage, STAGES)]
+    return inputs + [MARKERS[stage.name]]
+
+
+def record_command(stage) -> str:
+    """Record the finished stage in dvc.lock (jobs take turns on DVC's lock)."""
+    return f"dvc --wait-for-lock commit --force --no-relink --quiet {shlex.quote(stage.name)}"
+
+
+REPORTED = {  # the report stage's outputs in `snakemake --report`
+    "reports/tables": dict(patterns=["{table}.csv"], category="Tables", caption="../report/tables.rst",
+                           labels={"table": "{table}"}),
+    "reports/figures": dict(patterns=["{figure}.png"], category="Figures", caption="../report/figures.rst",
+                            labels={"figure": "{figure}"}),
+    "reports/index.html": dict(category="Report page", caption="../report/index.rst"),
+}
+
+
+def rule_outputs(stage) -> list:
+    """DVC's outputs; folders as `directory()`; the report's annotated for `snakemake --report`."""
+    outputs = []
+    for path in stage.outs:
+        output = directory(path) if is_folder(path) else path
+        outputs.append(report(output, **REPORTED[path]) if path in REPORTED else output)
+    return outputs
+
+
+ALL_OUTPUTS = [path for stage in STAGES for path in stage.outs]
 
 
 onstart:

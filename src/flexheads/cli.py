@@ -23,6 +23,8 @@ app = typer.Typer(help="flexheads: data → prepare → train → evaluate → r
 
 ParamsOption = typer.Option(Path("params.yaml"), "--params", "-p", help="The params.yaml to read.")
 DeviceOption = typer.Option("auto", help="auto (CUDA when present), cpu or cuda.")
+RUN_HELP = ("Run name <task>-<attention>-<regime>-<seed>, e.g. pose3d-flexible-preln-0, or a baseline "
+            "<task>-<baseline> (see `flexheads runs`).")
 
 
 def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -43,8 +45,9 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
 @app.command()
 @user_errors
 def runs(params: Path = ParamsOption) -> None:
-    """List the runs of the experiment matrix (task-attention-regime), one per line."""
-    for run in load_params(params).runs():
+    """List the runs of the experiment matrix (<task>-<attention>-<regime>-<seed>), then the baselines
+    (<task>-<baseline>), one per line."""
+    for run in load_params(params).all_runs():
         typer.echo(run.name)
 
 
@@ -56,7 +59,7 @@ def download(
     out: Path = typer.Option(..., help="Folder for the raw files, e.g. data/raw/pose3d."),
 ) -> None:
     """Fetch (real data, checksummed) or generate (synthetic default) a task's raw dataset."""
-    from flexheads.stages import task_data, task_module
+    from flexheads.tasks import task_data, task_module
 
     p = load_params(params)
     files = task_module(task).download(task_data(p, task), out)
@@ -74,7 +77,7 @@ def prepare(
     stats: Path = typer.Option(..., help="JSON sidecar of statistics, e.g. data/prepared/pose3d.stats.json."),
 ) -> None:
     """Normalise a raw dataset into one HDF5 file with train/test splits and a statistics sidecar."""
-    from flexheads.stages import task_data, task_module
+    from flexheads.tasks import task_data, task_module
 
     summary = task_module(task).prepare(task_data(load_params(params), task), raw, out, stats)
     for split, info in summary["splits"].items():
@@ -84,7 +87,7 @@ def prepare(
 @app.command()
 @user_errors
 def train(
-    run: str = typer.Argument(..., help="Run name <task>-<attention>-<regime> (see `flexheads runs`)."),
+    run: str = typer.Argument(..., help=RUN_HELP),
     params: Path = ParamsOption,
     data: Path = typer.Option(..., help="Prepared HDF5 file of the run's task."),
     out: Path = typer.Option(..., help="Run folder, e.g. models/<run>."),
@@ -102,7 +105,7 @@ def train(
 @app.command()
 @user_errors
 def evaluate(
-    run: str = typer.Argument(..., help="Run name <task>-<attention>-<regime>."),
+    run: str = typer.Argument(..., help=RUN_HELP),
     params: Path = ParamsOption,
     data: Path = typer.Option(..., help="Prepared HDF5 file of the run's task."),
     stats: Path = typer.Option(..., help="Statistics sidecar written by prepare."),
@@ -141,6 +144,24 @@ def report(
         typer.echo(f"MLflow run {run_id} (experiment report)")
 
 
+@app.command()
+@user_errors
+def compare(
+    params: Path = ParamsOption,
+    metrics_dir: Path = typer.Option(Path("metrics"), help="Folder of evaluate outputs (<run>.json)."),
+) -> None:
+    """Print the standard-vs-flexible summary per task and regime (main metric, mean ± std over seeds, flexible −
+    standard) as a Markdown table, from the matrix's metrics JSON files alone."""
+    from flexheads.report.inputs import MissingInputs
+    from flexheads.report.tables import summary_markdown
+
+    try:
+        typer.echo(summary_markdown(load_params(params), metrics_dir), nl=False)
+    except MissingInputs as err:
+        raise DataError("missing metrics files (run `flexheads evaluate` for them first): "
+                        + ", ".join(str(path) for path in err.missing)) from None
+
+
 @app.command("tracking-init")
 @user_errors
 def tracking_init(params: Path = ParamsOption) -> None:
@@ -163,12 +184,37 @@ def ui(
     host: str = typer.Option("127.0.0.1", help="Interface to bind; 0.0.0.0 exposes the UI to your network."),
     port: int = typer.Option(5000, help="Port of the MLflow UI."),
 ) -> None:
-    """Open the MLflow UI on the project's tracking store (http://127.0.0.1:5000 by default)."""
-    from flexheads.tracking import tracking_uri
+    """Open the MLflow UI on the project's tracking store (http://127.0.0.1:5000 by default), after printing the
+    link to each experiment's runs table."""
+    from flexheads.tracking import ensure_experiments, runs_url, tracking_uri
 
-    uri = tracking_uri(load_params(params).tracking.uri)
-    typer.echo(f"MLflow UI for {uri} at http://{host}:{port}")
+    p = load_params(params)
+    uri = tracking_uri(p.tracking.uri)
+    address = f"http://{host}:{port}"
+    typer.echo(f"MLflow UI for {uri} at {address}; the runs of each experiment:")
+    for name, experiment_id in ensure_experiments(uri, [*p.experiment.tasks, "report"]).items():
+        typer.echo(f"  {name}: {runs_url(address, experiment_id)}")
     sys.exit(subprocess.call(["mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]))
+
+
+@app.command("code-deps")
+def code_deps(
+    check: bool = typer.Option(False, "--check", help="Only report folders that do not match the imports (exit 1)."),
+    project: Path = typer.Option(Path("."), help="Project root (holds pipeline/code and src/flexheads)."),
+) -> None:
+    """Rewrite pipeline/code/<stage>-<task>/: links to the flexheads modules each stage loads (its dvc.yaml deps)."""
+    from flexheads.code_deps import stale_code_dirs, write_code_dirs
+
+    if check:
+        problems = stale_code_dirs(project)
+        for folder, problem in problems.items():
+            typer.secho(f"{folder}: {problem}", fg=typer.colors.RED, err=True)
+        if problems:
+            typer.echo("run `flexheads code-deps` to rewrite them", err=True)
+            raise typer.Exit(1)
+        return
+    for folder in write_code_dirs(project):
+        typer.echo(str(folder))
 
 
 if __name__ == "__main__":

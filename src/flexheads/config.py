@@ -243,6 +243,7 @@ class Baseline(_Section):
 
     task: Literal[TASKS]  # type: ignore[valid-type]
     regime: str = "radam"  # its optimiser and schedule; LayerNorm placement and init do not apply
+    seed: NonNegativeInt = 0  # its own (not the matrix's): adding seeds to the matrix does not retrain it
     hidden: PositiveInt = 1024
     n_blocks: PositiveInt = 2
     dropout: Probability = 0.5
@@ -294,8 +295,8 @@ class Params(_Section):
         return [Run(*cell) for cell in itertools.product(e.tasks, e.attention, e.regimes, e.seeds)]
 
     def baseline_runs(self) -> list[Run]:
-        """One run per baseline of a task in the matrix, named ``<task>-<baseline>``, at the matrix's first seed."""
-        return [Run(b.task, "none", b.regime, self.experiment.seeds[0], baseline=name)
+        """One run per baseline of a task in the matrix, named ``<task>-<baseline>``, at the baseline's seed."""
+        return [Run(b.task, "none", b.regime, b.seed, baseline=name)
                 for name, b in self.baselines.items() if b.task in self.experiment.tasks]
 
     def all_runs(self) -> list[Run]:

@@ -11,6 +11,8 @@ writes every output atomically.  Outputs of ``train_run`` under ``models/<run>/`
 * ``grad_histograms.json``: log10|grad| histograms at the snapshot steps (figure 3.16).
 
 ``checkpoint.pt`` lives there while a run is in progress and is removed once ``model.pt`` is written.
+With tracking enabled the MLflow run also holds the run config and the heads actually built (``head_params``) as
+params, MLflow's source tags, the curves, and ``model.pt`` as artifact ``model/model.pt``.
 Outputs of ``evaluate_run``: ``metrics/<run>.json`` (headline metrics on the test split) and under
 ``metrics/<run>/`` the task's tables (the task's ``evaluate`` docstring has their contracts):
 
@@ -23,11 +25,9 @@ Outputs of ``evaluate_run``: ``metrics/<run>.json`` (headline metrics on the tes
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 from pathlib import Path
-from types import ModuleType
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -35,20 +35,13 @@ import pandas as pd
 import torch
 from torch import nn
 
-from flexheads.config import TASKS, Params, RunConfig
+from flexheads.config import Params, RunConfig
 from flexheads.io import atomic_path, save_torch, write_json
+from flexheads.nn import MultiHeadAttention
+from flexheads.tasks import task_module
 from flexheads.train import CHECKPOINT, GRAD_BINS, fit, pick_device, seed_everything
 
-TASK_MODULES = {task: f"flexheads.tasks.{task}" for task in TASKS}
 RUN_ID_FILE = "mlflow_run_id"
-
-
-def task_module(task: str) -> ModuleType:
-    return importlib.import_module(TASK_MODULES[task])
-
-
-def task_data(params: Params, task: str) -> Any:
-    return getattr(params.data, task)
 
 
 def train_run(params: Params, run_name: str, data_h5: Path, out_dir: Path, device: str = "auto",
@@ -64,7 +57,7 @@ def train_run(params: Params, run_name: str, data_h5: Path, out_dir: Path, devic
     validate = task.validation(data_h5, config) if config.train.eval_every else None
     out_dir.mkdir(parents=True, exist_ok=True)
     device_used = pick_device(device)
-    tracker = _tracker(params, config, out_dir)
+    tracker = _tracker(params, config, model, out_dir)
     n_params = sum(p.numel() for p in model.parameters())
 
     try:
@@ -93,6 +86,7 @@ def train_run(params: Params, run_name: str, data_h5: Path, out_dir: Path, devic
     write_json(out_dir / "train.json", summary)
     if tracker:
         tracker.log_metrics({"n_params": n_params, "train_wall_time_s": result.wall_time_s}, step=result.steps)
+        tracker.log_artifact(out_dir / "model.pt", "model")
         tracker.finish()
     (out_dir / CHECKPOINT).unlink(missing_ok=True)
     (out_dir / RUN_ID_FILE).unlink(missing_ok=True)
@@ -160,20 +154,36 @@ def _rounded(value: Any) -> Any:
     return value
 
 
-def _tracker(params: Params, config: RunConfig, out_dir: Path) -> Any:
+def head_params(model: nn.Module) -> dict[str, int]:
+    """The heads ``model`` was built with, as MLflow params; empty for a model without attention (the MLP baseline).
+
+    ``heads.n_heads``; ``heads.d_head``, the real width (``d_model // n_heads`` for standard heads,
+    ``d_head_flexible`` for flexible ones); ``heads.inner_width`` = n_heads × d_head; ``heads.attention_params``,
+    the parameters of every attention module together.
+    """
+    attention = [m for m in model.modules() if isinstance(m, MultiHeadAttention)]
+    if not attention:
+        return {}
+    first = attention[0]  # every layer of a model is built with the same heads
+    return {"heads.n_heads": first.n_heads, "heads.d_head": first.d_head, "heads.inner_width": first.inner_dim,
+            "heads.attention_params": sum(p.numel() for m in attention for p in m.parameters())}
+
+
+def _tracker(params: Params, config: RunConfig, model: nn.Module, out_dir: Path) -> Any:
     """An MLflow tracker for this run (resumed with the checkpoint), or None with tracking disabled."""
     if not params.tracking.enabled:
         return None
-    from flexheads.tracking import Tracker, git_commit, tracking_uri
+    from flexheads.tracking import Tracker, git_commit, source_tags, tracking_uri
 
     uri = tracking_uri(params.tracking.uri)
     run_id_file = out_dir / RUN_ID_FILE
     if (out_dir / CHECKPOINT).exists() and run_id_file.exists():
         return Tracker.resume(uri, run_id_file.read_text().strip())
     run = config.run
-    tags = {"task": run.task, "attention": run.attention, "regime": run.regime, "seed": str(run.seed),
-            "git_commit": git_commit(), "params_hash": config.hash()}
-    tracker = Tracker.start(uri, experiment=run.task, run_name=run.name, tags=tags, params=config.flat())
+    tags = {**source_tags("flexheads train"), "task": run.task, "attention": run.attention, "regime": run.regime,
+            "seed": str(run.seed), "git_commit": git_commit(), "params_hash": config.hash()}
+    tracker = Tracker.start(uri, experiment=run.task, run_name=run.name, tags=tags,
+                            params={**config.flat(), **head_params(model)})
     with atomic_path(run_id_file) as tmp:
         tmp.write_text(tracker.run_id)
     return tracker

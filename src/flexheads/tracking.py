@@ -7,12 +7,14 @@ creating a new SQLite store concurrently crashes in MLflow's schema migration, s
 are created under a file lock before anything else touches them, and runs are created with an explicit
 ``experiment_id`` (no ``set_experiment`` race).  Metrics go in batches, one call per logging interval.
 
-``mlflow`` is imported only here, and only when tracking is enabled, so a bare GPU training step runs
-without it (``tracking.enabled: false``).
+Runs carry MLflow's standard source tags (``source_tags``) and experiments a one-line description
+(``EXPERIMENT_NOTES``), so the UI shows what each is.  ``mlflow`` is imported only here, and only when tracking
+is enabled, so a bare GPU training step runs without it (``tracking.enabled: false``).
 """
 
 from __future__ import annotations
 
+import getpass
 import os
 import subprocess
 import time
@@ -24,6 +26,14 @@ from filelock import FileLock
 STORE_DIR = Path("mlruns")
 MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch call
 MAX_PARAMS = 100  # ... and of params per call
+EXPERIMENT_NOTES = {  # MLflow's experiment description (tag mlflow.note.content), set when the experiment is made
+    "pose3d": "3D human pose lifting (Human3.6M layout): one run per attention × regime × seed",
+    "pose2d": "2D human pose estimation (COCO person keypoints): one run per attention × regime × seed",
+    "cxr": "Chest X-ray findings (ChestX-ray14 + COVID-19): one run per attention × regime × seed",
+    "report": "The comparison report (tables, figures, index.html): one run per `flexheads report`",
+}
+# MLflow 3's UI asks for (or guesses) the kind of an experiment without one; this kind opens it on its runs table.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
 def tracking_uri(configured: str | None = None) -> str:
@@ -40,6 +50,31 @@ def git_commit() -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return commit.strip() + ("-dirty" if dirty.strip() else "")
+
+
+def source_tags(command: str) -> dict[str, str]:
+    """MLflow's standard run tags: the command that made the run, ``LOCAL``, the user and the git commit (the
+    latter two left out when unknown)."""
+    from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT, MLFLOW_SOURCE_NAME, MLFLOW_SOURCE_TYPE, MLFLOW_USER
+
+    tags = {MLFLOW_SOURCE_NAME: command, MLFLOW_SOURCE_TYPE: "LOCAL"}
+    try:
+        tags[MLFLOW_USER] = getpass.getuser()
+    except (OSError, KeyError):  # no login name and no passwd entry (some containers)
+        pass
+    commit = git_commit().removesuffix("-dirty")  # the UI links a bare hash; the git_commit tag keeps -dirty
+    if commit != "unknown":
+        tags[MLFLOW_GIT_COMMIT] = commit
+    return tags
+
+
+def runs_url(ui: str, experiment_id: str) -> str:
+    """The runs table of an experiment in the MLflow UI at ``ui`` (e.g. ``http://127.0.0.1:5000``).
+
+    MLflow 3's UI is a hash-routed single page app; ``/experiments/:experimentId/runs`` is its runs tab, whatever
+    the experiment's kind (a bare experiment page may open on a GenAI overview that shows no runs).
+    """
+    return f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs"
 
 
 class Tracker:
@@ -101,16 +136,27 @@ class Tracker:
 
 
 def ensure_experiments(uri: str, names: Iterable[str]) -> dict[str, str]:
-    """Create the store (local SQLite) and the named experiments once, under a file lock; return their ids."""
+    """Create the store (local SQLite) and the named experiments once, under a file lock; return their ids.
+
+    Each experiment gets its ``EXPERIMENT_NOTES`` description and ``EXPERIMENT_KIND``; an experiment made
+    before either existed gets the missing tags (a description edited in the UI is kept).
+    """
+    from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE  # also the key of an experiment's description
+
     ids: dict[str, str] = {}
     with _store_lock(uri):
         client = _client(uri)
         for name in names:
+            note = {MLFLOW_RUN_NOTE: EXPERIMENT_NOTES[name]} if name in EXPERIMENT_NOTES else {}
+            tags = {**EXPERIMENT_KIND, **note}
             experiment = client.get_experiment_by_name(name)
             if experiment is None:
-                ids[name] = client.create_experiment(name, artifact_location=_artifact_location(uri, name))
-            else:
-                ids[name] = experiment.experiment_id
+                ids[name] = client.create_experiment(name, artifact_location=_artifact_location(uri, name), tags=tags)
+                continue
+            ids[name] = experiment.experiment_id
+            for key, value in tags.items():
+                if key not in experiment.tags:
+                    client.set_experiment_tag(experiment.experiment_id, key, value)
     return ids
 
 

@@ -17,6 +17,8 @@ Every input of every figure is checked before anything is drawn: one ``FileNotFo
 
 from __future__ import annotations
 
+import shutil
+
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -114,4 +116,19 @@ def write_figures(params: Params, metrics_dir: Path, models_dir: Path, out_dir: 
             figure = spec.draw()
             if figure is not None:
                 written += save_figure(figure, folder / spec.name)
+    return written + write_dvc_plots(params, folder, out_dir / "plots")
+
+
+def write_dvc_plots(params: Params, figures_dir: Path, plots_dir: Path) -> list[Path]:
+    """Copies of each task's ``<task>_curves.png`` in ``<out>/plots/``, the folder ``dvc plots show`` renders as
+    images (offline; a folder holding only the matrix's tasks, so no plot is ever missing)."""
+    shutil.rmtree(plots_dir, ignore_errors=True)
+    plots_dir.mkdir(parents=True)
+    written = []
+    for task in params.experiment.tasks:
+        source = figures_dir / f"{task}_curves.png"
+        if source.exists():
+            with atomic_path(plots_dir / source.name) as tmp:
+                shutil.copyfile(source, tmp)
+            written.append(plots_dir / source.name)
     return written

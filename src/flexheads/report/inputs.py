@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from flexheads.config import Params, Run
-from flexheads.stages import task_module
+from flexheads.tasks import task_module
 
 
 class MissingInputs(FileNotFoundError):

@@ -22,7 +22,7 @@ from matplotlib.lines import Line2D
 from flexheads.config import Params
 from flexheads.report.inputs import best_run, main_metric, read_npz, read_table, task_runs
 from flexheads.report.style import SMALL_FONT, run_label
-from flexheads.stages import task_module
+from flexheads.tasks import task_module
 
 GROUND_TRUTH, PREDICTION = "0.15", "C1"
 EXAMPLE_COLUMNS = 4

@@ -20,17 +20,18 @@ ARTIFACT_FOLDERS = ("tables", "figures")  # logged under the same names; index.h
 def publish_report(params: Params, out_dir: Path) -> str | None:
     """Log ``<out_dir>/tables/*``, ``<out_dir>/figures/*`` and ``<out_dir>/index.html`` as one MLflow run.
 
-    Tags: ``params_hash``, ``git_commit``, ``tasks`` (comma-separated); params: ``runs.<task>``, the number of
-    runs (matrix cells and baselines) the report compares for each task.
+    Tags: MLflow's source tags, ``params_hash``, ``git_commit``, ``tasks`` (comma-separated); params:
+    ``runs.<task>``, the number of runs (matrix cells and baselines) the report compares for each task.
 
     Returns:
         The run id, or None when ``tracking.enabled`` is false (nothing is logged, mlflow is not imported).
     """
     if not params.tracking.enabled:
         return None
-    from flexheads.tracking import Tracker, git_commit, tracking_uri
+    from flexheads.tracking import Tracker, git_commit, source_tags, tracking_uri
 
     tags = {
+        **source_tags("flexheads report"),
         "params_hash": params.hash(),
         "git_commit": git_commit(),
         "tasks": ",".join(params.experiment.tasks),

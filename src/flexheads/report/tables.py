@@ -8,6 +8,8 @@
 * ``<task>_<breakdown>``: one row per attention × regime (mean over seeds), one column per action, joint or
   finding (the task's ``REPORT_BREAKDOWNS``), best value per column in bold.
 
+``flexheads compare`` prints the ``summary`` table from the metrics files alone (``summary_markdown``).
+
 Reads only what the train and evaluate stages wrote (``metrics/<run>.json``, ``metrics/<run>/*.csv``,
 ``models/<run>/train.json``): the DAG is the truth.  A run of the matrix without its files stops the report
 with the list of missing files; no row is ever dropped silently.
@@ -26,7 +28,7 @@ import pandas as pd
 from flexheads.config import Params
 from flexheads.io import write_text
 from flexheads.report.inputs import main_metric, require, task_runs
-from flexheads.stages import task_module
+from flexheads.tasks import task_module
 
 RUN_COLUMNS = [  # (key in train.json, header, better)
     ("n_params", "params", None),
@@ -109,6 +111,31 @@ def summary_table(frames: dict[str, pd.DataFrame]) -> tuple[pd.DataFrame, Bold]:
     return pd.DataFrame(rows), bold
 
 
+def summary_caption(seeds: tuple[int, ...]) -> str:
+    """The ``summary`` table's caption: mean ± std over ``seeds``, or the one seed."""
+    if len(seeds) > 1:
+        return (f"Main metric per task and regime with standard and flexible heads, mean ± std over seeds "
+                f"{list(seeds)}; differences paired by seed ('vs best regime': the regime minus the task's best "
+                "regime, both averaged over attention). Best regime per task in bold.")
+    return (f"Main metric per task and regime with standard and flexible heads (seed {seeds[0]}; list more "
+            "seeds in experiment.seeds for mean ± std). Best regime per task in bold.")
+
+
+def summary_markdown(params: Params, metrics_dir: Path) -> str:
+    """The ``summary`` table as Markdown from the ``metrics/<run>.json`` of the matrix's transformer runs alone
+    (no train summaries, no baselines); :class:`MissingInputs` lists every absent file of every task."""
+    runs = params.runs()
+    paths = {run: metrics_dir / f"{run.name}.json" for run in runs}
+    require(paths.values(), "summary")
+    # summary_table keeps transformer rows: every matrix run is one, whether or not its file says so
+    rows = {run: {"model": "transformer", **json.loads(path.read_text()), "seed": run.seed}
+            for run, path in paths.items()}
+    frames = {task: pd.DataFrame([row for run, row in rows.items() if run.task == task])
+              for task in params.experiment.tasks}
+    summary, bold = summary_table(frames)
+    return to_markdown(summary, bold, summary_caption(params.experiment.seeds))
+
+
 def breakdown_table(params: Params, task: str, name: str, key: str, value: str, better: str,
                     metrics_dir: Path) -> tuple[pd.DataFrame, Bold]:
     """Rows attention × regime (``value`` averaged over seeds), one column per ``key`` entry of the
@@ -147,18 +174,11 @@ def write_tables(params: Params, metrics_dir: Path, models_dir: Path, out_dir: P
             written += write_table(tables / f"{task}_{name}", table, bold, caption)
 
     summary, bold = summary_table(frames)
-    seeds = params.experiment.seeds
-    caption = (f"Main metric per task and regime with standard and flexible heads, mean ± std over seeds "
-               f"{list(seeds)}; differences paired by seed ('vs best regime': the regime minus the task's best "
-               f"regime, both averaged over attention). Best regime per task in bold."
-               if len(seeds) > 1 else
-               f"Main metric per task and regime with standard and flexible heads (seed {seeds[0]}; list more "
-               f"seeds in experiment.seeds for mean ± std). Best regime per task in bold.")
     flat = summary.copy()
     for column in ("standard", "flexible", "flexible − standard", "vs best regime"):
         flat[f"{column} mean"], flat[f"{column} std"] = zip(*summary[column])
         flat = flat.drop(columns=column)
-    written += write_table(tables / "summary", summary, bold, caption, csv=flat)
+    written += write_table(tables / "summary", summary, bold, summary_caption(params.experiment.seeds), csv=flat)
     return written
 
 

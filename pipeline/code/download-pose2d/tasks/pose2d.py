@@ -1,0 +1,1 @@
+../../../../src/flexheads/tasks/pose2d.py

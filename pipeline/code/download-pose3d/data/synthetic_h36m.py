@@ -1,0 +1,1 @@
+../../../../src/flexheads/data/synthetic_h36m.py

@@ -1,0 +1,1 @@
+../../../../src/flexheads/nn/__init__.py

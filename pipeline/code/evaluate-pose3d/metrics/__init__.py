@@ -1,0 +1,1 @@
+../../../../src/flexheads/metrics/__init__.py

@@ -1,0 +1,1 @@
+../../../../src/flexheads/tasks/__init__.py

@@ -1,0 +1,1 @@
+../../../src/flexheads/__init__.py

@@ -1,0 +1,1 @@
+../../../../src/flexheads/tasks/pose3d.py

@@ -1,0 +1,1 @@
+../../../../src/flexheads/report/attention_figures.py

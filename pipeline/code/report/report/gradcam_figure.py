@@ -1,0 +1,1 @@
+../../../../src/flexheads/report/gradcam_figure.py

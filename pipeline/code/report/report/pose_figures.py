@@ -1,0 +1,1 @@
+../../../../src/flexheads/report/pose_figures.py

@@ -1,0 +1,1 @@
+../../../../src/flexheads/models/pose2d.py

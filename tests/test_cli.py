@@ -1,0 +1,87 @@
+"""The command line: user mistakes end in one line and exit code 2, `runs` lists the baselines, help texts name
+runs with their seed, and `compare` prints the standard-vs-flexible table from metrics files alone."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from flexheads.cli import app
+from flexheads.config import load_params
+
+REPO = Path(__file__).resolve().parents[1]
+PARAMS = str(REPO / "params.yaml")
+
+
+def write_params(root: Path, **experiment: object) -> Path:
+    """The repo's params.yaml with ``experiment`` overridden, written under ``root``."""
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["experiment"].update(experiment)
+    path = root / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.mark.parametrize("command", ["download", "prepare"])
+def test_a_mistyped_task_is_one_line_naming_the_tasks(command, tmp_path):
+    options = ["--out", str(tmp_path / "out")] + (
+        ["--raw", str(tmp_path), "--stats", str(tmp_path / "s.json")] if command == "prepare" else [])
+    result = CliRunner().invoke(app, [command, "pose3", "--params", PARAMS, *options])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == ["error: unknown task 'pose3'; tasks are: pose3d, pose2d, cxr"]
+
+
+def test_runs_lists_the_matrix_then_the_baselines():
+    result = CliRunner().invoke(app, ["runs", "--params", PARAMS])
+    assert result.exit_code == 0
+    names = result.output.split()
+    assert names == [run.name for run in load_params(PARAMS).all_runs()]
+    assert names[0] == "pose3d-standard-noam-0" and names[-1] == "pose3d-martinez_mlp"
+
+
+@pytest.mark.parametrize("command", ["runs", "train", "evaluate"])
+def test_help_names_runs_with_their_seed(command):
+    result = CliRunner().invoke(app, [command, "--help"], terminal_width=200)
+    assert result.exit_code == 0
+    assert "<task>-<attention>-<regime>-<seed>" in result.output
+
+
+def write_metrics(metrics_dir: Path, run: str, value: float) -> None:
+    task, attention, regime, seed = run.split("-")
+    metrics_dir.mkdir(parents=True, exist_ok=True)
+    (metrics_dir / f"{run}.json").write_text(json.dumps({
+        "run": run, "task": task, "model": "transformer", "attention": attention, "regime": regime,
+        "main_metric": "mpjpe", "mpjpe": value}))
+
+
+def test_compare_prints_the_summary_table_from_metrics_files(tmp_path):
+    params = write_params(tmp_path, tasks=["pose3d"], regimes=["noam", "preln"], seeds=[0, 1])
+    mpjpe = {("standard", "noam"): (60.0, 62.0), ("flexible", "noam"): (50.0, 54.0),
+             ("standard", "preln"): (40.0, 40.0), ("flexible", "preln"): (38.0, 36.0)}
+    for (attention, regime), values in mpjpe.items():
+        for seed, value in enumerate(values):
+            write_metrics(tmp_path / "metrics", f"pose3d-{attention}-{regime}-{seed}", value)
+
+    result = CliRunner().invoke(app, ["compare", "--params", str(params), "--metrics-dir", str(tmp_path / "metrics")])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert "| task | metric | regime | standard | flexible | flexible − standard | vs best regime |" in lines
+    # noam: flexible − standard per seed -10, -8; preln is the best regime (per seed, averaged over attention:
+    # noam 55, 58 mm; preln 39, 38 mm), noam − preln per seed 16, 20
+    assert "| pose3d | MPJPE | noam | 61.0 ± 1.4 | 52.0 ± 2.8 | -9.0 ± 1.4 | 18.0 ± 2.8 |" in lines
+    assert "| pose3d | MPJPE | preln | **40.0 ± 0.0** | **37.0 ± 1.4** | -3.0 ± 1.4 | 0.0000 ± 0.0000 |" in lines
+
+
+def test_compare_lists_every_missing_metrics_file_on_one_line(tmp_path):
+    params = write_params(tmp_path, tasks=["pose3d"], regimes=["noam"], seeds=[0])
+    write_metrics(tmp_path / "metrics", "pose3d-standard-noam-0", 50.0)
+    result = CliRunner().invoke(app, ["compare", "--params", str(params), "--metrics-dir", str(tmp_path / "metrics")])
+    assert result.exit_code == 2
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith("error: missing metrics files")
+    assert str(tmp_path / "metrics" / "pose3d-flexible-noam-0.json") in line
+    assert "pose3d-standard-noam-0.json" not in line
