@@ -26,7 +26,7 @@ from flexheads.optim.schedules import noam, untuned_exponential_warmup, untuned_
 from flexheads.report import thesis_figures  # noqa: E402
 from flexheads.report.attention_figures import attention_runs  # noqa: E402
 from flexheads.report.inputs import best_run, read_grad_histograms  # noqa: E402
-from flexheads.report.figures import figure_plan, write_figures  # noqa: E402
+from flexheads.report.figures import figure_plan, write_dvc_plots, write_figures  # noqa: E402
 from flexheads.report.pose_figures import camera_to_upright  # noqa: E402
 from flexheads.report.training_figures import curves_figure, grad_histograms_figure  # noqa: E402
 
@@ -154,6 +154,11 @@ def test_every_figure_is_written_as_png_and_pdf(tmp_path: Path) -> None:
             "pose2d_per_joint", "cxr_gradcam"} <= set(names)
     assert dict(plt.rcParams) == before  # the report's theme does not leak into the caller
     assert plt.get_fignums() == []  # every figure closed
+
+    plots = write_dvc_plots(params, tmp_path / "reports/figures", tmp_path / "reports/plots")  # dvc plots show
+    assert sorted(p.name for p in (tmp_path / "reports/plots").iterdir()) == sorted(p.name for p in plots) == sorted(
+        f"{task}_curves.png" for task in params.experiment.tasks)
+    assert all(p.read_bytes() == (tmp_path / "reports/figures" / p.name).read_bytes() for p in plots)
 
 
 def test_only_the_tasks_of_the_matrix_are_drawn(tmp_path: Path) -> None:

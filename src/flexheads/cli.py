@@ -130,13 +130,14 @@ def report(
 ) -> None:
     """Build the comparison tables, figures and index.html from the outputs of every run in the matrix, then log
     them as a run of the MLflow experiment `report` (unless tracking is disabled)."""
-    from flexheads.report.figures import write_figures
+    from flexheads.report.figures import write_dvc_plots, write_figures
     from flexheads.report.html import write_index
     from flexheads.report.publish import publish_report
     from flexheads.report.tables import write_tables
 
     p = load_params(params)
-    for path in [*write_tables(p, metrics_dir, models_dir, out), *write_figures(p, metrics_dir, models_dir, out)]:
+    for path in [*write_tables(p, metrics_dir, models_dir, out), *write_figures(p, metrics_dir, models_dir, out),
+                 *write_dvc_plots(p, out / "figures", out / "plots")]:
         typer.echo(str(path))
     typer.echo(str(write_index(p, params, out)))
     run_id = publish_report(p, out)

@@ -116,7 +116,7 @@ def write_figures(params: Params, metrics_dir: Path, models_dir: Path, out_dir: 
             figure = spec.draw()
             if figure is not None:
                 written += save_figure(figure, folder / spec.name)
-    return written + write_dvc_plots(params, folder, out_dir / "plots")
+    return written
 
 
 def write_dvc_plots(params: Params, figures_dir: Path, plots_dir: Path) -> list[Path]:
