@@ -308,3 +308,30 @@ def test_writer_rejects_invalid_data_and_leaves_no_file(tmp_path: Path) -> None:
     with pytest.raises(H36MFormatError, match="S1/Sitting"):
         h36m.write_positions_3d(tmp_path / "d3.npz", positions)
     assert list(tmp_path.iterdir()) == []
+
+
+class _RunsCode:
+    """A pickle payload that would create ``marker`` when unpickled with plain pickle."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_pickle_that_names_code_is_refused_and_never_run(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    path = tmp_path / "data_3d_h36m.npz"
+    np.savez(path, positions_3d=np.array({"S1": _RunsCode(marker)}, dtype=object))
+    with pytest.raises(H36MFormatError, match="refused to load pathlib"):
+        h36m.load_positions_3d(path)
+    assert not marker.exists()
+
+
+def test_truncated_npz_is_one_format_error(tmp_path: Path) -> None:
+    path = tmp_path / "data_3d_h36m.npz"
+    np.savez(path, positions_3d=np.array({"S1": {"Walking": np.zeros((3, 17, 3))}}, dtype=object))
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(H36MFormatError, match="not a readable npz file"):
+        h36m.load_positions_3d(path)

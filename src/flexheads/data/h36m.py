@@ -16,6 +16,7 @@ was expected versus found.
 from __future__ import annotations
 
 import pickle
+import zipfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -314,14 +315,15 @@ def require_user_files(root: Path, keypoints: str) -> dict[str, Path]:
 
 
 def _load_dicts(path: Path, keys: Sequence[str]) -> list[dict]:
-    """The pickled dicts stored under ``keys`` in the npz file ``path`` (0-d object arrays written by np.savez)."""
+    """The pickled dicts stored under ``keys`` in the npz file ``path`` (0-d object arrays written by np.savez),
+    unpickled by ``_ArrayUnpickler``: a file that names any other function or class is refused, never run."""
     if not path.is_file():
         raise H36MFormatError(f"{path}: file not found (expected a VideoPose3D npz file with keys {list(keys)})")
     try:
-        with np.load(path, allow_pickle=True) as npz:
-            found = sorted(npz.files)
-            values = {key: npz[key] for key in keys if key in found}
-    except (OSError, ValueError, pickle.UnpicklingError) as err:
+        with zipfile.ZipFile(path) as npz:
+            found = sorted(name.removesuffix(".npy") for name in npz.namelist())
+            values = {key: _read_npy(npz, f"{key}.npy") for key in keys if key in found}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError) as err:
         raise H36MFormatError(f"{path}: not a readable npz file ({err})") from err
     missing = [key for key in keys if key not in values]
     if missing:
@@ -330,6 +332,30 @@ def _load_dicts(path: Path, keys: Sequence[str]) -> list[dict]:
         if value.shape != () or not isinstance(value.item(), dict):
             raise H36MFormatError(f"{path}: key {key!r} must hold a pickled dict, found {value!r:.80}")
     return [values[key].item() for key in keys]
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles dicts, lists and numbers of numpy arrays only; any other global is refused (no code runs)."""
+
+    ALLOWED = {(module, name) for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+               for name in ("_reconstruct", "scalar")} | {("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refused to load {module}.{name}: only numpy arrays are allowed")
+        return super().find_class(module, name)
+
+
+def _read_npy(npz: zipfile.ZipFile, member: str) -> np.ndarray:
+    """One ``.npy`` member: numeric arrays as numpy reads them, object arrays through ``_ArrayUnpickler``."""
+    with npz.open(member) as f:
+        version = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        _, _, dtype = read_header(f)
+        if dtype.hasobject:  # numpy writes an object array as one pickle of the array
+            return _ArrayUnpickler(f).load()
+    with npz.open(member) as f:
+        return np.lib.format.read_array(f, allow_pickle=False)
 
 
 def _check_sequence(path: Path, where: str, array: Any, joints: int, dims: int) -> None:
