@@ -5,7 +5,7 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 
 from flexheads.config import load_params
-from flexheads.dag import MARKER_DIR, is_folder, read_stages, settle, stage_inputs
+from flexheads.dag import is_folder, read_stages, settle, stage_inputs
 
 if config:
     raise WorkflowError(
@@ -16,6 +16,7 @@ if config:
 
 PARAMS = load_params("params.yaml")  # validated up front: a typo fails here, naming the key
 STAGES = read_stages(Path("."))
+ALL_OUTPUTS = [path for stage in STAGES for path in stage.outs]
 ENV = "../envs/flexheads.yaml"
 RUNS_ON_GPU = ("train", "evaluate")  # stage kinds that use the GPU when there is one
 
@@ -24,7 +25,7 @@ def stale_markers() -> dict:
     """Stage name → its marker: the main process asks DVC (dag.settle); a job re-parsing the workflow only names them."""
     if workflow.is_main_process:
         return settle(Path("."), STAGES)
-    return {stage.name: f"{MARKER_DIR}/{stage.rule_name}" for stage in STAGES}
+    return {stage.name: stage.marker for stage in STAGES}
 
 
 MARKERS = stale_markers()
@@ -45,13 +46,12 @@ def job_threads(stage) -> int:
     return PARAMS.threads if stage.kind in RUNS_ON_GPU else 1
 
 
-PRODUCED = {path for stage in STAGES for path in stage.outs}
 
 
 def rule_inputs(stage) -> list:
     """DVC's dependencies and the stage's marker. Source dependencies (code links) are `ancient`: DVC's marker
     judges them by content; outputs of other stages order the jobs and pass reruns downstream."""
-    inputs = [path if path in PRODUCED else ancient(path) for path in stage_inputs(stage, STAGES)]
+    inputs = [path if path in ALL_OUTPUTS else ancient(path) for path in stage_inputs(stage, STAGES)]
     return inputs + [MARKERS[stage.name]]
 
 
@@ -76,9 +76,6 @@ def rule_outputs(stage) -> list:
         output = directory(path) if is_folder(path) else path
         outputs.append(report(output, **REPORTED[path]) if path in REPORTED else output)
     return outputs
-
-
-ALL_OUTPUTS = [path for stage in STAGES for path in stage.outs]
 
 
 onstart:

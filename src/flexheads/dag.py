@@ -56,6 +56,11 @@ class Stage:
         return f"logs/{self.slug}.log"
 
     @property
+    def marker(self) -> Path:
+        """The file whose content and timestamp carry DVC's verdict to Snakemake (``settle``)."""
+        return MARKER_DIR / self.rule_name
+
+    @property
     def benchmark(self) -> str:
         """Snakemake's benchmark table; Snakemake dates a job's outputs by it too."""
         return f"benchmarks/{self.slug}.tsv"
@@ -132,18 +137,15 @@ def mark_stale(root: Path, stages: list[Stage], stale: set[str]) -> dict[str, Pa
     """Stage name → its marker file: rewritten now for a stale stage, dated the epoch otherwise.
 
     A stale stage's marker gets new content too: Snakemake ignores a newer input whose checksum it has seen."""
-    folder = root / MARKER_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    markers = {}
+    (root / MARKER_DIR).mkdir(parents=True, exist_ok=True)
     for stage in stages:
-        marker = folder / stage.rule_name
+        marker = root / stage.marker
         if stage.name in stale:
             marker.write_text(f"stale since {time.time_ns()}\n")
         else:
             marker.touch()
             os.utime(marker, (0, 0))
-        markers[stage.name] = marker.relative_to(root)
-    return markers
+    return {stage.name: stage.marker for stage in stages}
 
 
 def _snakemake_mtime(path: Path) -> float:
