@@ -287,3 +287,22 @@ def test_face_keypoints_follow_the_body_in_3d() -> None:
             assert min(keypoints[K["left_eye"], 2], keypoints[K["right_eye"], 2]) > keypoints[K["nose"], 2]
             if action == "Sitting":
                 assert (keypoints[K["left_knee"]] - keypoints[K["left_hip"]]) @ forward > 0.2
+
+
+def test_generate_leaves_nothing_of_an_earlier_run(tmp_path: Path) -> None:
+    def entries(root: Path) -> dict[str, bytes | None]:
+        return {p.relative_to(root).as_posix(): None if p.is_dir() else p.read_bytes() for p in sorted(root.rglob("*"))}
+
+    tiny = {"n_val_images": 1, "image_size": (64, 48)}
+    out, real = tmp_path / "out", tmp_path / "coco" / "train2017"
+    real.mkdir(parents=True)
+    (real / "000000000009.jpg").write_bytes(b"a real COCO image")
+    synthetic_coco.generate(out, **tiny, n_train_images=3, seed=SEED + 1)  # another seed, one more image
+    (out / "stray.txt").write_text("stray")
+    (out / "annotations" / ".person_keypoints_val2017.json.k1ll3d.json").write_text("{")
+    (out / "images" / "val2017").rename(out / "images" / "old_val")
+    (out / "images" / "val2017").symlink_to(real)  # as a real-data download leaves it
+    synthetic_coco.generate(out, **tiny, n_train_images=2, seed=SEED)
+    fresh = synthetic_coco.generate(tmp_path / "fresh", **tiny, n_train_images=2, seed=SEED)
+    assert entries(out) == entries(fresh["train_images"].parents[1])
+    assert entries(real) == {"000000000009.jpg": b"a real COCO image"}

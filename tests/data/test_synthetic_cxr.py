@@ -177,3 +177,21 @@ def test_findings_co_occur_as_in_nih() -> None:
     assert rate("Effusion", "Edema") > 2 * rate("Effusion")
     assert rate("Nodule", "Mass") > 2 * rate("Nodule")
     assert rate("Infiltration", "Pneumonia") > 1.5 * rate("Infiltration")
+
+
+def test_generate_leaves_nothing_of_an_earlier_run(tmp_path: Path) -> None:
+    def entries(root: Path) -> dict[str, bytes | None]:
+        return {p.relative_to(root).as_posix(): None if p.is_dir() else p.read_bytes() for p in sorted(root.rglob("*"))}
+
+    out, real = tmp_path / "out", tmp_path / "chestxray14"
+    real.mkdir()
+    (real / "Data_Entry_2017_v2020.csv").write_text("the real one")
+    synthetic_cxr.generate(out, n_patients=4, n_covid_images=2, image_size=SIZE, seed=SEED + 1)  # another seed
+    (out / "stray.txt").write_text("stray")
+    (out / cxr.NIH_DIR / "images" / ".00000001_000.png.k1ll3d.png").write_bytes(b"half written")
+    (out / cxr.FOLDER_DIR).mkdir()
+    (out / cxr.FOLDER_DIR / "labels.csv").symlink_to(real / "Data_Entry_2017_v2020.csv")  # a 'folder' source run
+    synthetic_cxr.generate(out, n_patients=3, n_covid_images=1, image_size=SIZE, seed=SEED)
+    fresh = synthetic_cxr.generate(tmp_path / "fresh", n_patients=3, n_covid_images=1, image_size=SIZE, seed=SEED)
+    assert entries(out) == entries(fresh["nih_entries"].parents[1])
+    assert entries(real) == {"Data_Entry_2017_v2020.csv": b"the real one"}

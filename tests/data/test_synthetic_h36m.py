@@ -115,3 +115,22 @@ def test_invalid_arguments_are_rejected(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="outlier_rate"):
         synthetic_h36m.generate(tmp_path, outlier_rate=1.5)
     assert list(tmp_path.iterdir()) == []
+
+
+def _entries(root: Path) -> dict[str, bytes | None]:
+    """Every entry below ``root``: a file's bytes, ``None`` for a folder (links show up as themselves)."""
+    return {p.relative_to(root).as_posix(): None if p.is_dir() else p.read_bytes() for p in sorted(root.rglob("*"))}
+
+
+def test_generate_leaves_nothing_of_an_earlier_run(tmp_path: Path) -> None:
+    tiny = {"subjects": ("S1",), "actions": ("Walking",), "frames_per_sequence": 5}
+    out, outside = tmp_path / "out", tmp_path / "user_files"
+    outside.mkdir()
+    (outside / "data_2d_h36m_cpn_ft_h36m_dbb.npz").write_bytes(b"the user's")
+    synthetic_h36m.generate(out, **tiny, seed=1, noise_px=2.0)  # another seed, with a detections file
+    (out / "stray.txt").write_text("stray")
+    (out / ".data_3d_h36m.npz.k1ll3d.npz").write_bytes(b"half written")
+    (out / "linked").symlink_to(outside)
+    synthetic_h36m.generate(out, **tiny, seed=0)
+    assert _entries(out) == _entries(synthetic_h36m.generate(tmp_path / "fresh", **tiny, seed=0)["3d"].parent)
+    assert _entries(outside) == {"data_2d_h36m_cpn_ft_h36m_dbb.npz": b"the user's"}

@@ -3,9 +3,12 @@
 * ``download_file`` streams into ``<dest>.part``, resumes a partial file with an HTTP ``Range`` request, checks
   size and digests, and only then renames onto ``dest``: a file at ``dest`` is always complete and verified
   (when checksums were given), so a killed stage never leaves something DVC or Snakemake would trust.
+* ``empty_output_folder`` clears the folder a synthetic generator is about to fill, so an interrupted or
+  other-seed run leaves nothing behind that could mix with the new one; it never deletes through a link.
 * ``safe_extract`` refuses, before writing anything, any member that would land outside the destination
-  (absolute paths, ``..``, links out, device files) and extracts into a temporary folder beside the destination,
-  moving the result into place only when every member is out.
+  (absolute paths, ``..``, links out, device files), judged against the destination as it is on disk, links that
+  earlier archives left there included; it extracts into a temporary folder beside the destination, moving the
+  result into place only when every member is out.
 
 Only the standard library talks to the network (``urllib.request``), so no dependency is added for it.
 """
@@ -40,6 +43,7 @@ __all__ = [
     "RemoteFile",
     "UnsafeArchiveError",
     "download_file",
+    "empty_output_folder",
     "file_digest",
     "safe_extract",
 ]
@@ -239,7 +243,50 @@ def _fetch(
         raise ConnectionError(f"connection closed after {received} of {total} bytes")
 
 
+# --- output folders -------------------------------------------------------------------------------------------
+
+
+def empty_output_folder(folder: str | Path) -> Path:
+    """Make ``folder`` an existing, empty folder of its own: every entry in it is deleted, and nothing else.
+
+    A link in it (e.g. to a real download, or a hard link to a user's file) is unlinked, never followed; a
+    ``folder`` that is itself a symlink is replaced by a real folder rather than emptied through. A folder holding
+    the working directory or the home folder (``--out .`` by mistake) is refused.
+
+    Returns:
+        ``folder``.
+
+    Raises:
+        DataError: naming ``folder``, when it holds the working directory or the home folder.
+    """
+    folder = Path(folder)
+    if folder.is_symlink():
+        folder.unlink()
+    for kept in (Path.cwd(), Path.home()):
+        if kept.resolve().is_relative_to(folder.resolve()):
+            raise DataError(f"{folder}: refusing to empty a folder that holds {kept}; pass a folder of its own")
+    folder.mkdir(parents=True, exist_ok=True)
+    for entry in folder.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    return folder
+
+
 # --- extraction -----------------------------------------------------------------------------------------------
+
+_MAX_LINK_HOPS = 40  # as the kernel's ELOOP limit: a chain longer than this is a loop
+
+
+@dataclass(frozen=True)
+class _Member:
+    """An archive member as extraction sees it: ``kind`` is "file", "dir", "symlink" or "hardlink"; ``target`` is a
+    link's text (a symlink's relative to its own folder, a hard link's relative to the archive root)."""
+
+    name: str
+    kind: str
+    target: str = ""
 
 
 def safe_extract(
@@ -247,12 +294,16 @@ def safe_extract(
 ) -> list[Path]:
     """Extract a zip or tar (.gz, .bz2, .xz) archive into ``dest``; no member may end up outside ``dest``.
 
-    Every member is checked before anything is written: absolute names, ``..`` components, names passing through
-    a link member, symbolic or hard links pointing outside, and device/FIFO members raise ``UnsafeArchiveError``.
-    Members are extracted into a temporary folder beside ``dest`` (same file system) and then renamed into
-    ``dest``, merging with folders already there (several ChestX-ray14 archives all fill ``images/``); an
-    interrupted extraction leaves only the temporary folder, which the next call does not reuse. Tar members
-    additionally go through ``tarfile``'s ``"data"`` filter where this Python has it (3.12, and 3.11.4+).
+    Every member is checked before anything is written, against the folder as it really is on disk (links that
+    earlier archives or the user left in ``dest`` included) overlaid by the members before it: absolute names,
+    ``..`` components, names passing through a link member of the same archive or through any link that leads
+    outside, symbolic or hard links whose target resolves outside (following every link on the way, as the kernel
+    would), and device/FIFO members raise ``UnsafeArchiveError``. Members are extracted into a temporary folder
+    beside ``dest`` (same file system; the same checks are run against it) and then renamed into ``dest``, merging
+    with folders already there (several ChestX-ray14 archives all fill ``images/``) and following a link in
+    ``dest`` only where the checks resolved it inside; an interrupted extraction leaves only the temporary folder,
+    which the next call does not reuse. The checks do not depend on ``tarfile``'s ``"data"`` filter (Python 3.10.0
+    to 3.10.11 lack it); where it exists, tar members go through it as well.
 
     Args:
         members: names to extract (a folder name selects everything under it); all members when ``None``.
@@ -269,27 +320,37 @@ def safe_extract(
             names = [info.filename for info in infos]
             _check_names(archive, names, links={})
             chosen = _select(archive, names, members)
-            files = [name for info, name in zip(infos, names) if name in chosen and not info.is_dir()]
+            selected = [_Member(info.filename, "dir" if info.is_dir() else "file") for info in infos
+                        if info.filename in chosen]  # fmt: skip
             with _staging(dest) as tmp:
-                zf.extractall(tmp, members=_bar(archive, [n for n in names if n in chosen], progress))
-                return _move_into(tmp, dest, files)
+                _check_paths(archive, selected, tmp, dest)
+                zf.extractall(tmp, members=_bar(archive, [m.name for m in selected], progress))
+                return _move_into(archive, tmp, dest, selected)
     if tarfile.is_tarfile(archive):
         with tarfile.open(archive) as tf:
             infos = tf.getmembers()
-            names = [info.name for info in infos]
             _check_tar_members(archive, infos)
-            chosen = _select(archive, names, members)
-            selected = [info for info in infos if info.name in chosen]
-            files = [info.name for info in selected if not info.isdir()]
+            chosen = _select(archive, [info.name for info in infos], members)
+            chosen_infos = [info for info in infos if info.name in chosen]
+            selected = [_tar_member(info) for info in chosen_infos]
             extra = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
             with _staging(dest) as tmp:
-                tf.extractall(tmp, members=_bar(archive, selected, progress), **extra)
-                return _move_into(tmp, dest, files)
+                _check_paths(archive, selected, tmp, dest)
+                tf.extractall(tmp, members=_bar(archive, chosen_infos, progress), **extra)
+                return _move_into(archive, tmp, dest, selected)
     raise ValueError(f"{archive}: not a zip or tar archive")
 
 
 def _bar(archive: Path, items: list, progress: bool):
     return tqdm(items, desc=f"extract {archive.name}", unit="file", disable=None if progress else True)
+
+
+def _tar_member(info: tarfile.TarInfo) -> _Member:
+    if info.issym():
+        return _Member(info.name, "symlink", info.linkname)
+    if info.islnk():
+        return _Member(info.name, "hardlink", info.linkname)
+    return _Member(info.name, "dir" if info.isdir() else "file")
 
 
 def _unsafe_reason(name: str) -> str | None:
@@ -316,16 +377,14 @@ def _check_names(archive: Path, names: list[str], links: Mapping[str, str]) -> N
 
 
 def _check_tar_members(archive: Path, infos: list[tarfile.TarInfo]) -> None:
+    """Refuse device/FIFO members, absolute link targets and members below a link member of the archive."""
     links = {}
     for info in infos:
         if info.ischr() or info.isblk() or info.isfifo():
             raise UnsafeArchiveError(f"{archive}: member {info.name!r} is a device or FIFO")
         if info.issym() or info.islnk():
             kind = "symlink" if info.issym() else "hardlink"
-            # A symlink resolves from its own folder, a hard link from the archive root.
-            base = posixpath.dirname(info.name) if info.issym() else ""
-            target = posixpath.normpath(posixpath.join(base, info.linkname))
-            if info.linkname.startswith("/") or target == ".." or target.startswith("../"):
+            if info.linkname.startswith("/"):
                 raise UnsafeArchiveError(f"{archive}: member {info.name!r} is a {kind} to {info.linkname!r} "
                                          "outside the extraction folder")
             links[posixpath.normpath(info.name)] = kind
@@ -349,6 +408,99 @@ def _select(archive: Path, names: list[str], members: Iterable[str] | None) -> s
     return chosen
 
 
+def _parts(path: str) -> list[str]:
+    """The components of a relative POSIX path, without empty and ``.`` ones (``..`` kept: links resolve it)."""
+    return [part for part in path.split("/") if part not in ("", ".")]
+
+
+class _Tree:
+    """A folder as extraction will find it: the entries on disk below ``root``, overlaid by the members placed so far.
+
+    Paths are tuples of components below ``root``; ``resolve`` follows links the way the kernel does (a link's
+    ``..`` leaves the folder the link points to, not the one it sits in) and answers ``None`` for a path that
+    leaves ``root`` (or loops), so a check needs no lexical reasoning about links.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.placed: dict[tuple[str, ...], tuple[str, str]] = {}  # path → (kind, link text) of members so far
+
+    def entry(self, path: tuple[str, ...]) -> tuple[str, str]:
+        """``(kind, link text)`` at ``path`` (no link followed): kind "dir", "file", "symlink" or "missing"."""
+        if path in self.placed:
+            return self.placed[path]
+        try:
+            mode = os.lstat(self.root.joinpath(*path)).st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            return "missing", ""
+        if stat.S_ISLNK(mode):
+            return "symlink", os.readlink(self.root.joinpath(*path))
+        return ("dir" if stat.S_ISDIR(mode) else "file"), ""
+
+    def resolve(self, parts: list[str], base: tuple[str, ...] = ()) -> tuple[str, ...] | None:
+        """Where ``parts`` leads from the folder ``base``, every link on the way followed (the last one too);
+        ``None`` when that is outside ``root``."""
+        pending, here, hops = list(reversed(parts)), list(base), 0
+        while pending:
+            part = pending.pop()
+            if part == "..":
+                if not here:
+                    return None
+                here.pop()
+                continue
+            kind, text = self.entry((*here, part))
+            if kind != "symlink":
+                here.append(part)
+                continue
+            hops += 1
+            if hops > _MAX_LINK_HOPS:
+                return None
+            if text.startswith("/"):  # an absolute link on disk: inside only if it names a place below root
+                if not Path(text).is_relative_to(self.root):
+                    return None
+                here, text = [], Path(text).relative_to(self.root).as_posix()
+            pending.extend(reversed(_parts(text)))
+        return tuple(here)
+
+
+def _check_paths(archive: Path, members: list[_Member], staging: Path, dest: Path) -> None:
+    """Raise ``UnsafeArchiveError`` unless every member stays inside the empty ``staging`` folder (as ``tarfile``
+    writes them there) and inside ``dest`` as it is on disk (as ``_merge`` moves them there)."""
+    for root in (staging.resolve(), dest.resolve()):
+        tree = _Tree(root)
+        for member in members:
+            reason = _place(tree, member)
+            if reason:
+                raise UnsafeArchiveError(f"{archive}: member {member.name!r} {reason}")
+
+
+def _place(tree: _Tree, member: _Member) -> str | None:
+    """Record ``member`` in ``tree``; return why it may not be extracted there instead, or ``None``."""
+    parts = _parts(member.name)
+    folder = tree.resolve(parts[:-1])
+    if folder is None:
+        return "passes through a link that leads outside the extraction folder"
+    path = (*folder, parts[-1])
+    found, _ = tree.entry(path)
+    if member.kind == "dir":  # _merge merges into an existing folder, following a link to one
+        path = tree.resolve(parts)
+        if path is None:
+            return "is a folder whose name is a link that leads outside the extraction folder"
+        there, _ = tree.entry(path)
+        if there == "file" or (there == "missing" and found == "symlink"):
+            return "is a folder where the destination has a file or a dangling link"
+        tree.placed[path] = ("dir", "")
+        return None
+    if found == "dir":
+        return f"is a {member.kind} where the destination has a folder"
+    if member.kind == "symlink" and tree.resolve(_parts(member.target), base=folder) is None:
+        return f"is a symlink to {member.target!r}, which resolves outside the extraction folder"
+    if member.kind == "hardlink" and tree.resolve(_parts(member.target)) is None:  # os.link follows symlinks
+        return f"is a hardlink to {member.target!r}, which resolves outside the extraction folder"
+    tree.placed[path] = ("symlink", member.target) if member.kind == "symlink" else ("file", "")
+    return None
+
+
 @contextmanager
 def _staging(dest: Path) -> Iterator[Path]:
     """A fresh temporary folder beside ``dest`` (so moving out of it is a rename), removed on exit."""
@@ -360,18 +512,28 @@ def _staging(dest: Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _move_into(tmp: Path, dest: Path, files: list[str]) -> list[Path]:
+def _move_into(archive: Path, tmp: Path, dest: Path, members: list[_Member]) -> list[Path]:
+    """Merge the staged ``tmp`` into ``dest``; the paths of the non-folder members there, in archive order."""
     dest.mkdir(parents=True, exist_ok=True)
+    tree = _Tree(dest.resolve())
     for entry in sorted(tmp.iterdir()):
-        _merge(entry, dest / entry.name)
-    return [dest / posixpath.normpath(name) for name in files]
+        _merge(archive, entry, (entry.name,), tree)
+    return [dest / posixpath.normpath(m.name) for m in members if m.kind != "dir"]
 
 
-def _merge(src: Path, dst: Path) -> None:
-    """Rename ``src`` onto ``dst``; a folder onto an existing folder merges entry by entry (files replaced)."""
-    if stat.S_ISDIR(src.lstat().st_mode) and dst.is_dir():
-        for entry in src.iterdir():
-            _merge(entry, dst / entry.name)
+def _merge(archive: Path, src: Path, path: tuple[str, ...], tree: _Tree) -> None:
+    """Rename ``src`` onto ``path`` of ``tree``; a folder onto an existing folder merges entry by entry (files and
+    links replaced, never written through). Links in the destination are followed only inside ``tree.root``
+    (``_check_paths`` refused the rest; this re-check guards against the folder changing since)."""
+    is_dir = stat.S_ISDIR(src.lstat().st_mode)
+    folder = tree.resolve(list(path[:-1]))
+    into = tree.resolve(list(path)) if is_dir else path
+    if folder is None or into is None:
+        raise UnsafeArchiveError(f"{archive}: member path {'/'.join(path)!r} passes through a link that now leads "
+                                 f"outside {tree.root}")
+    if is_dir and tree.entry(into)[0] == "dir":
+        for entry in sorted(src.iterdir()):
+            _merge(archive, entry, (*into, entry.name), tree)
         src.rmdir()
     else:
-        os.replace(src, dst)
+        os.replace(src, tree.root.joinpath(*folder, path[-1]))

@@ -50,6 +50,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from flexheads.data.coco import KEYPOINT_NAMES, SKELETON
+from flexheads.data.download import empty_output_folder
 from flexheads.data.motion import ACTION_NAMES, generate_sequence, sample_subject
 from flexheads.io import atomic_path
 
@@ -668,7 +669,9 @@ def generate(
     seed: int = 0,
     jpeg_quality: int = 90,
 ) -> dict[str, Path]:
-    """Write the synthetic dataset under ``out_dir`` (layout in the module docstring).
+    """Write the synthetic dataset under ``out_dir`` (layout in the module docstring), after deleting everything an
+    earlier run left there: an interrupted or other-seed run's files cannot mix with this one's, and a folder that
+    is a link (e.g. ``images/train2017`` to a real COCO download) is unlinked, never written through.
 
     Image ``i`` of a split draws from its own generator seeded by ``(seed, split, i)``, so its pixels do not depend
     on the other split's size; image and annotation ids count up from 1 over train then val, as in one COCO release.
@@ -683,7 +686,7 @@ def generate(
     if min(image_size) < 16 or not 1 <= jpeg_quality <= 100:
         raise ValueError(f"need an image size of at least 16x16 and jpeg_quality in [1, 100]; got {image_size}, "
                          f"{jpeg_quality}")  # fmt: skip
-    out_dir = Path(out_dir)
+    out_dir = empty_output_folder(out_dir)
     category = {"id": 1, "name": "person", "supercategory": "person", "keypoints": list(KEYPOINT_NAMES),
                 "skeleton": [list(pair) for pair in SKELETON]}  # fmt: skip
     paths: dict[str, Path] = {}

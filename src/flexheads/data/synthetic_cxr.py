@@ -1,7 +1,7 @@
 """Procedural chest radiographs with known lesion masks, written in the on-disk layouts of NIH ChestX-ray14 and of the
 covid-chestxray-dataset, so the real-data readers of ``flexheads.data.cxr`` are the embedded default's code path.
 
-Writes, under ``out_dir`` (``generate``):
+Writes, under ``out_dir`` (``generate``; emptied first):
 
 * ``chestxray14/``: ``images/<patient:08d>_<follow-up:03d>.png`` (8-bit grayscale), ``Data_Entry_2017_v2020.csv``,
   ``train_val_list.txt`` and ``test_list.txt`` (patient-disjoint, ~22% of the images and of the patients with each
@@ -58,7 +58,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +71,7 @@ from flexheads.data.cxr import (
     BBOX_LABELS, COVID_DIR, COVID_IMAGES_DIR, COVID_METADATA, COVID_METADATA_COLUMNS, LABELS, MASKS_DIR, NIH_BBOX_CSV,
     NIH_COLUMNS_2020, NIH_CSV, NIH_DIR, NIH_IMAGES_DIR, NIH_TEST_LIST, NIH_TRAIN_VAL_LIST,
 )
+from flexheads.data.download import empty_output_folder
 from flexheads.io import atomic_path
 
 __all__ = ["Rendering", "Study", "generate", "render", "sample_cohort"]
@@ -733,9 +733,9 @@ def generate(out_dir: str | Path, *, n_patients: int = 800, n_covid_images: int 
              seed: int = 0) -> dict[str, Path]:
     """Write the synthetic sources under ``out_dir`` (layout in the module docstring); a function of the arguments.
 
-    The CSV and list files of an earlier run are deleted first and written last, each atomically, so an interrupted
-    run cannot pass for a complete one; image and mask folders are emptied first (a folder that is a symlink, e.g.
-    to a real download, is unlinked, not written through).
+    Everything an earlier run left in ``out_dir`` is deleted first (links, e.g. to a real download, are unlinked,
+    never written through), and the CSV and list files are written last, each atomically: an interrupted run cannot
+    pass for a complete one, nor leave files of another seed among this run's.
 
     Returns:
         Paths by kind: ``nih_images``, ``nih_masks``, ``nih_entries``, ``nih_train_val``, ``nih_test``,
@@ -744,15 +744,12 @@ def generate(out_dir: str | Path, *, n_patients: int = 800, n_covid_images: int 
     if n_patients < 1 or n_covid_images < 0 or image_size < 64 or seed < 0:
         raise ValueError(f"need n_patients >= 1, n_covid_images >= 0, image_size >= 64, seed >= 0; got "
                          f"{n_patients}, {n_covid_images}, {image_size}, {seed}")
-    out_dir = Path(out_dir)
+    out_dir = empty_output_folder(out_dir)
     nih, covid = out_dir / NIH_DIR, out_dir / COVID_DIR
     paths = {"nih_images": nih / NIH_IMAGES_DIR, "nih_masks": nih / MASKS_DIR,
              "covid_images": covid / COVID_IMAGES_DIR, "covid_masks": covid / MASKS_DIR}
-    for listing in (NIH_CSV, NIH_TRAIN_VAL_LIST, NIH_TEST_LIST, NIH_BBOX_CSV):
-        (nih / listing).unlink(missing_ok=True)
-    (covid / COVID_METADATA).unlink(missing_ok=True)
     for folder in paths.values():
-        _empty_folder(folder)
+        folder.mkdir(parents=True)
     studies = sample_cohort(n_patients, n_covid_images, seed)
     boxes = []
     test = _test_patients(studies, seed)
@@ -786,14 +783,6 @@ def generate(out_dir: str | Path, *, n_patients: int = 800, n_covid_images: int 
 
 _BOX_FINDINGS = ("Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia",
                  "Pneumothorax")  # the eight of BBox_List_2017.csv
-
-
-def _empty_folder(folder: Path) -> None:
-    if folder.is_symlink():
-        folder.unlink()
-    elif folder.is_dir():
-        shutil.rmtree(folder)
-    folder.mkdir(parents=True)
 
 
 def _test_patients(studies: list[Study], seed: int) -> set[int]:

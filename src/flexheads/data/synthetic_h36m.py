@@ -1,7 +1,7 @@
 """Synthetic Human3.6M: seeded motion on the H36M skeleton, filmed by the real H36M cameras, written in VideoPose3D's
 npz format so the real-data loaders are the code path of the embedded default.
 
-Writes, under ``out_dir``:
+Writes, under ``out_dir`` (emptied first: ``generate``):
 
 * ``data_3d_h36m.npz``: the motion of ``motion.generate_sequence`` embedded in the 32-marker layout, metres,
   world frame.  The 15 markers Human3.6M lifting ignores copy their nearest kept ancestor (the real mocap has
@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from flexheads.data import h36m
+from flexheads.data.download import empty_output_folder
 from flexheads.data.motion import generate_sequence, sample_subject
 
 __all__ = ["DETECTIONS", "detect", "embed_markers", "generate", "project"]
@@ -94,7 +95,8 @@ def generate(
     noise_px: float = 0.0,
     outlier_rate: float = 0.0,
 ) -> dict[str, Path]:
-    """Write the synthetic dataset under ``out_dir``.
+    """Write the synthetic dataset under ``out_dir``, after deleting everything an earlier run left there (an
+    interrupted or other-seed run's files cannot mix with this one's; links are unlinked, not followed).
 
     Returns:
         ``{'3d': path, 'gt': path}`` plus ``{DETECTIONS: path}`` when detector noise is requested; keys other than
@@ -108,6 +110,7 @@ def generate(
     if unknown:
         raise ValueError(f"unknown actions {unknown}; expected names from {h36m.ACTIONS}")
     with_detections = noise_px > 0 or outlier_rate > 0
+    out_dir = empty_output_folder(out_dir)
     positions_3d: dict[str, dict[str, np.ndarray]] = {}
     positions_gt: dict[str, dict[str, list[np.ndarray]]] = {}
     positions_det: dict[str, dict[str, list[np.ndarray]]] = {}
@@ -127,7 +130,6 @@ def generate(
                 if with_detections:
                     rng = np.random.default_rng([*key, _DETECTION_STREAM])
                     positions_det[subject][name] = [detect(view, rng, noise_px, outlier_rate) for view in views]
-    out_dir = Path(out_dir)
     paths = {
         "3d": h36m.write_positions_3d(out_dir / h36m.FILE_3D, positions_3d),
         "gt": h36m.write_positions_2d(out_dir / h36m.file_2d("gt"), positions_gt, _METADATA),
