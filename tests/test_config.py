@@ -155,6 +155,25 @@ MALFORMED = {
     "tfixup with post-LN": (_set("regimes.tfixup.norm", "post"), ["regimes.tfixup:", "set norm: none"]),
     "even window": (_set("model.pose3d.window", 2), ["model.pose3d.window:", "must be odd", "(got 2)"]),
     "beta of 1": (_set("regimes.radam.betas", [0.9, 1.0]), ["regimes.radam.betas.1:", "less than 1"]),
+    # numbers are strict and finite: YAML's `true` is not 1, `.inf` and `.nan` are not learning rates
+    "bool for int": (_set("train.pose3d.steps", True), ["train.pose3d.steps:", "valid integer", "(got True)"]),
+    "bool in a list of ints": (_set("experiment.seeds", [0, True]), ["experiment.seeds.1:", "valid integer"]),
+    "float for int": (_set("threads", 2.5), ["threads:", "valid integer", "(got 2.5)"]),
+    "bool for float": (_set("regimes.radam.lr", True), ["regimes.radam.lr:", "valid number", "(got True)"]),
+    "inf": (_set("regimes.radam.lr", float("inf")), ["regimes.radam.lr:", "finite number", "(got inf)"]),
+    "nan": (_set("train.pose3d.grad_clip", float("nan")), ["train.pose3d.grad_clip:", "finite number", "(got nan)"]),
+    "nan probability": (_set("model.pose3d.dropout", float("nan")), ["model.pose3d.dropout:", "finite number"]),
+    # run-name components: <task>-<attention>-<regime>-<seed> names files, folders and Snakemake rules
+    "regime named a/b": (_set("regimes.a/b", raw_params()["regimes"]["radam"]),
+                         ["regimes.a/b (the key): must be letters, digits and '_' only", "(got 'a/b')"]),
+    "regime named a(b": (_set("regimes.a(b", raw_params()["regimes"]["radam"]),
+                         ["regimes.a(b (the key): must be letters, digits and '_' only", "(got 'a(b')"]),
+    "regime named a-b": (_set("regimes.a-b", raw_params()["regimes"]["radam"]),
+                         ["regimes.a-b (the key): must be letters, digits and '_' only", "(got 'a-b')"]),
+    "matrix regime a-b": (_set("experiment.regimes", ["radam", "a-b"]),
+                          ["experiment.regimes.1: must be letters, digits and '_' only", "(got 'a-b')"]),
+    "baseline key a/b": (_set("baselines.a/b", raw_params()["baselines"]["martinez_mlp"]),
+                         ["baselines.a/b (the key): ", "'martinez_mlp'", "(got 'a/b')"]),
 }
 
 
@@ -171,6 +190,20 @@ def test_malformed_params_name_key_and_allowed_values(tmp_path: Path, case: str)
     for part in expected:
         assert part in message
     assert len(error_lines(message)) == 1, message  # the one mistake, no follow-on noise
+
+
+def test_yaml_1_2_exponent_without_dot_is_a_float(tmp_path: Path) -> None:
+    """PyYAML reads ``1e-3`` as a string (YAML 1.1); strict floats would refuse it, so the loader reads 1.2 floats."""
+    path = tmp_path / "params.yaml"
+    path.write_text(PARAMS_YAML.read_text().replace("lr: 3.0e-3", "lr: 3e-3"))
+    assert load_params(path).regimes["radam"].lr == 3e-3
+    assert yaml.safe_load("lr: 3e-3") == {"lr": "3e-3"}  # yaml's own SafeLoader is left as it was
+
+
+def test_an_integer_is_a_valid_float() -> None:
+    raw = raw_params()
+    raw["regimes"]["radam"]["lr"] = 1
+    assert Params.model_validate(raw).regimes["radam"].lr == 1.0
 
 
 def test_missing_file(tmp_path: Path) -> None:

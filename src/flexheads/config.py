@@ -4,7 +4,8 @@ Every stage reads its settings from here, so a typo in params.yaml fails once, u
 path and the allowed values (``ParamsError``), never deep inside torch.  ``Params.runs()`` is the one
 definition of the matrix ``tasks × attention × regimes × seeds`` that the CLI, Snakemake and DVC all share;
 ``Run.name`` is ``<task>-<attention>-<regime>-<seed>``, DVC's name for the matrix cell (a baseline:
-``<task>-<baseline>``).
+``<task>-<baseline>``), so every component is ``[A-Za-z0-9_]`` (tasks, attention and baselines are fixed names,
+regimes are ``RunNamePart``).  Numbers are strict and finite: ``steps: true`` or ``lr: .inf`` is an error, not 1 or inf.
 """
 
 from __future__ import annotations
@@ -12,21 +13,44 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator,
+                      model_validator)
 
 TASKS = ("pose3d", "pose2d", "cxr")
 ATTENTIONS = ("standard", "flexible")
 REGIMES = ("noam", "linear_untuned", "exponential_untuned", "radam", "tfixup", "preln")
 BASELINES = ("martinez_mlp",)
 
-PositiveInt = Annotated[int, Field(gt=0)]
-NonNegativeInt = Annotated[int, Field(ge=0)]
-Probability = Annotated[float, Field(ge=0.0, lt=1.0)]
+# Numbers are strict: YAML's `true` is not the integer 1, "3" is not 3 and 2.5 is not an integer; an integer is
+# a valid float (`lr: 1`).  Non-finite floats (.inf, .nan) are refused by every section's model_config.
+PositiveInt = Annotated[int, Strict(), Field(gt=0)]
+NonNegativeInt = Annotated[int, Strict(), Field(ge=0)]
+PositiveFloat = Annotated[float, Strict(), Field(gt=0.0)]
+NonNegativeFloat = Annotated[float, Strict(), Field(ge=0.0)]
+Probability = Annotated[float, Strict(), Field(ge=0.0, lt=1.0)]
+
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_]+")
+
+
+def _run_name_part(name: str) -> str:
+    """``name`` unchanged if it may be a component of a run name; ValueError otherwise.
+
+    Run names are ``<task>-<attention>-<regime>-<seed>`` and become file, folder and Snakemake rule names, so
+    a component must not contain ``-`` (the separator), ``/`` (a nested folder) or anything outside ``[A-Za-z0-9_]``.
+    """
+    if not NAME_PATTERN.fullmatch(name):
+        raise ValueError("must be letters, digits and '_' only (it becomes part of run names "
+                         "<task>-<attention>-<regime>-<seed>, which name files and Snakemake rules)")
+    return name
+
+
+RunNamePart = Annotated[str, AfterValidator(_run_name_part)]
 
 
 class ParamsError(ValueError):
@@ -34,7 +58,7 @@ class ParamsError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Regime(_Section):
@@ -48,10 +72,10 @@ class Regime(_Section):
     init: Literal["xavier", "tfixup"] = "xavier"
     optimizer: Literal["adam", "radam"] = "adam"
     schedule: Literal["constant", "noam", "linear", "exponential", "untuned_linear", "untuned_exponential"]
-    lr: Annotated[float, Field(gt=0.0)]
+    lr: PositiveFloat
     warmup: NonNegativeInt = 0  # steps; tau of linear/exponential warmup, or Noam's warmup
     betas: tuple[Probability, Probability] = (0.9, 0.999)
-    weight_decay: Annotated[float, Field(ge=0.0)] = 0.0
+    weight_decay: NonNegativeFloat = 0.0
 
     @model_validator(mode="after")
     def _consistent(self) -> Regime:
@@ -92,13 +116,13 @@ class TrainSettings(_Section):
 
     steps: PositiveInt = 1500
     batch_size: PositiveInt = 256
-    grad_clip: Annotated[float, Field(ge=0.0)] = 1.0  # max global grad norm; 0 disables clipping
+    grad_clip: NonNegativeFloat = 1.0  # max global grad norm; 0 disables clipping
     checkpoint_every: PositiveInt = 500
     log_every: PositiveInt = 25  # metrics are buffered and sent to MLflow in one batch per interval
     grad_snapshot_steps: tuple[PositiveInt, ...] = (1, 2, 5, 10, 20, 50, 100)  # gradient histograms, fig. 3.16
     eval_batch_size: PositiveInt = 2048
     eval_every: NonNegativeInt = 100  # validation metric every eval_every steps (training curves); 0 disables
-    lr_scale: Annotated[float, Field(gt=0.0)] = 1.0  # multiplies every regime's lr for this task's models
+    lr_scale: PositiveFloat = 1.0  # multiplies every regime's lr for this task's models
 
 
 class Pose3DModel(ModelSettings):
@@ -151,7 +175,7 @@ class SyntheticPose3D(_Section):
 
     sequences_per_action: PositiveInt = 1
     frames_per_sequence: PositiveInt = 200
-    noise_px: Annotated[float, Field(ge=0.0)] = 0.0
+    noise_px: NonNegativeFloat = 0.0
     outlier_rate: Probability = 0.0
     seed: NonNegativeInt = 0
 
@@ -225,7 +249,7 @@ class Experiment(_Section):
 
     tasks: tuple[Literal[TASKS], ...] = ("pose3d",)  # type: ignore[valid-type]
     attention: tuple[Literal[ATTENTIONS], ...] = ATTENTIONS  # type: ignore[valid-type]
-    regimes: tuple[str, ...] = REGIMES
+    regimes: tuple[RunNamePart, ...] = REGIMES
     seeds: tuple[NonNegativeInt, ...] = (0,)  # model init and batch order; the report gives mean ± std over seeds
 
     @field_validator("tasks", "attention", "regimes", "seeds")
@@ -261,7 +285,7 @@ class Params(_Section):
 
     threads: PositiveInt = 1  # CPU threads per train/evaluate process: float sums depend on it, so it is a param
     experiment: Experiment = Experiment()
-    regimes: dict[str, Regime]
+    regimes: dict[RunNamePart, Regime]
     model: Models = Models()
     train: Trainings = Trainings()
     data: DataSettings = DataSettings()
@@ -366,29 +390,37 @@ class RunConfig:
 
     def flat(self) -> dict[str, Any]:
         """``{"model.d_model": 128, ...}``: the dict flattened with dotted keys (MLflow params)."""
-        return _flatten(self.to_dict())
+        return flatten(self.to_dict())
 
     def hash(self) -> str:
         """Short stable hash of the config (MLflow tag ``params_hash``)."""
         return params_hash(self.to_dict())
 
 
+def rule_name(stage: str) -> str:
+    """The Snakemake rule of a DVC stage: ``train@pose3d-standard-noam-0`` → ``train__pose3d_standard_noam_0``."""
+    return re.sub(r"\W", "_", stage.replace("@", "__"))
+
+
 def params_hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"model": {"d_model": 64}}`` → ``{"model.d_model": 64}``."""
     flat: dict[str, Any] = {}
     for key, value in d.items():
         if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            flat.update(flatten(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = value
     return flat
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML's safe loader, except that a key given twice is an error instead of the last one silently winning."""
+    """YAML's safe loader, except that a key given twice is an error instead of the last one silently winning,
+    and that ``1e-3`` is a float as in YAML 1.2 (and DVC, which reads params.yaml as 1.2), not the string '1e-3'
+    that strict floats would refuse."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         seen = set()
@@ -398,6 +430,10 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                 raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep)
+
+
+_UniqueKeyLoader.add_implicit_resolver(  # YAML 1.1 floats need a '.'; 1.2 allows 1e-3 (a copy: SafeLoader unchanged)
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9]+[eE][-+]?[0-9]+$"), list("-+0123456789"))
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
@@ -420,7 +456,9 @@ def load_params(path: str | Path = "params.yaml") -> Params:
 def _describe(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        loc = [str(p) for p in e["loc"]]
+        is_key = loc[-1:] == ["[key]"]  # pydantic's loc for a mapping key that failed: (..., key, "[key]")
+        key = (".".join(loc[:-1]) + " (the key)") if is_key else (".".join(loc) or "(top level)")
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling against params.yaml's documented keys)"
