@@ -25,7 +25,7 @@ from flexheads.optim.optimizers import radam_rectification  # noqa: E402
 from flexheads.optim.schedules import noam, untuned_exponential_warmup, untuned_linear_warmup  # noqa: E402
 from flexheads.report import thesis_figures  # noqa: E402
 from flexheads.report.attention_figures import attention_runs  # noqa: E402
-from flexheads.report.inputs import best_run, read_grad_histograms  # noqa: E402
+from flexheads.report.inputs import MissingInputs, best_run, read_grad_histograms  # noqa: E402
 from flexheads.report.figures import figure_plan, write_dvc_plots, write_figures  # noqa: E402
 from flexheads.report.pose_figures import camera_to_upright  # noqa: E402
 from flexheads.report.training_figures import curves_figure, grad_histograms_figure  # noqa: E402
@@ -174,7 +174,7 @@ def test_missing_inputs_are_all_named(tmp_path: Path) -> None:
     cxr_run = next(r for r in params.runs() if (r.task, r.attention, r.regime) == ("cxr", "standard", "noam"))
     (tmp_path / "models" / pose2d_run.name / "history.csv").unlink()
     (tmp_path / "metrics" / cxr_run.name / "attention.npz").unlink()
-    with pytest.raises(FileNotFoundError) as error:
+    with pytest.raises(MissingInputs) as error:
         write_figures(params, tmp_path / "metrics", tmp_path / "models", tmp_path / "reports")
     assert not (tmp_path / "reports" / "figures").exists()  # checked before anything is drawn
     message = str(error.value)
@@ -188,7 +188,7 @@ def test_a_missing_baseline_file_is_named(tmp_path: Path) -> None:
     write_outputs(tmp_path, params)
     (baseline,) = params.baseline_runs()
     (tmp_path / "metrics" / baseline.name / "per_joint.csv").unlink()
-    with pytest.raises(FileNotFoundError, match=f"{baseline.name}/per_joint.csv"):
+    with pytest.raises(MissingInputs, match=f"{baseline.name}/per_joint.csv"):
         write_figures(params, tmp_path / "metrics", tmp_path / "models", tmp_path / "reports")
 
 

@@ -12,6 +12,7 @@ import yaml
 
 from flexheads.config import Params
 from flexheads.data.cxr import LABELS
+from flexheads.report.inputs import MissingInputs
 from flexheads.report.tables import write_tables
 
 REPO = Path(__file__).resolve().parents[1]
@@ -101,7 +102,7 @@ def test_a_column_of_equal_values_has_no_best(tmp_path):
 
 def test_a_missing_run_lists_its_files(tmp_path):
     write_run(tmp_path, "cxr-standard-noam-0", auroc=0.71)
-    with pytest.raises(FileNotFoundError, match="cxr-standard-radam-0.json") as error:
+    with pytest.raises(MissingInputs, match="cxr-standard-radam-0.json") as error:
         report(tmp_path, cxr_params(["standard"], [0]))
     assert "models/cxr-standard-radam-0/train.json" in str(error.value)
 
@@ -110,5 +111,5 @@ def test_a_missing_breakdown_table_lists_its_file(tmp_path):
     for regime in ("noam", "radam"):
         write_run(tmp_path, f"cxr-standard-{regime}-0", auroc=0.71)
     (tmp_path / "metrics" / "cxr-standard-radam-0" / "per_class.csv").unlink()
-    with pytest.raises(FileNotFoundError, match="metrics/cxr-standard-radam-0/per_class.csv"):
+    with pytest.raises(MissingInputs, match="metrics/cxr-standard-radam-0/per_class.csv"):
         report(tmp_path, cxr_params(["standard"], [0]))

@@ -12,7 +12,7 @@ by prefix); :func:`figure_plan` lists them in report order with the files each r
 * cxr: ``cxr_attention_cls`` (``attention.npz``), ``cxr_gradcam`` (``gradcam.npz``; no figure on data without
   lesion masks, where no run writes it).
 
-Every input of every figure is checked before anything is drawn: one ``FileNotFoundError`` lists them all.
+Every input of every figure is checked before anything is drawn: one ``MissingInputs`` (a ``DataError``) lists them all.
 """
 
 from __future__ import annotations
@@ -51,13 +51,16 @@ class FigureSpec:
         return [] if self.all_or_none and len(absent) == len(self.inputs) else absent
 
 
+REPRODUCIBLE_METADATA = {".png": {}, ".pdf": {"CreationDate": None}}  # no timestamp: same inputs, same bytes
+
+
 def save_figure(figure: plt.Figure, base: Path) -> list[Path]:
-    """``base.png`` (150 dpi) and ``base.pdf``, each written atomically; closes the figure."""
+    """``base.png`` (150 dpi) and ``base.pdf``, each written atomically and byte-reproducibly; closes the figure."""
     paths = []
-    for suffix in (".png", ".pdf"):
+    for suffix, metadata in REPRODUCIBLE_METADATA.items():
         path = base.with_suffix(suffix)
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            figure.savefig(f, format=suffix[1:], dpi=150, bbox_inches="tight")
+            figure.savefig(f, format=suffix[1:], dpi=150, bbox_inches="tight", metadata=metadata)
         paths.append(path)
     plt.close(figure)
     return paths
@@ -99,7 +102,7 @@ def figure_plan(params: Params, metrics_dir: Path, models_dir: Path) -> list[Fig
 
 def write_figures(params: Params, metrics_dir: Path, models_dir: Path, out_dir: Path) -> list[Path]:
     """Every figure of :func:`figure_plan` into ``<out>/figures/`` (made even when empty: a stage output); returns
-    the written paths. Missing inputs raise one ``FileNotFoundError`` (:class:`MissingInputs`) naming each missing
+    the written paths. Missing inputs raise one :class:`MissingInputs` naming each missing
     file and the figures that need it, before anything is drawn."""
     plan = figure_plan(params, metrics_dir, models_dir)
     missing: dict[Path, list[str]] = {}

@@ -1,6 +1,6 @@
 """What the report reads: the train and evaluate stages' files, checked before anything is written.
 
-A table or figure whose inputs are incomplete raises :class:`MissingInputs` (a ``FileNotFoundError``) naming
+A table or figure whose inputs are incomplete raises :class:`MissingInputs` (a ``DataError``) naming
 every missing path, so the report never silently drops a run: the tables call :func:`require`, ``write_figures``
 checks every figure's inputs before drawing any.
 """
@@ -16,10 +16,11 @@ import numpy as np
 import pandas as pd
 
 from flexheads.config import Params, Run
+from flexheads.errors import DataError
 from flexheads.tasks import task_module
 
 
-class MissingInputs(FileNotFoundError):
+class MissingInputs(DataError):
     """Stage outputs the report needs are missing; ``missing`` maps each path to the tables or figures that need
     it."""
 
