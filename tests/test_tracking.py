@@ -15,7 +15,7 @@ STEPS = 120
 
 
 def _train_like(uri: str, name: str) -> str:
-    tracker = Tracker.start(uri, "pose3d", name, tags={"task": "pose3d"}, params={"model.d_model": 64})
+    tracker = Tracker.open(uri, "pose3d", name, tags={"task": "pose3d"}, params={"model.d_model": 64})
     for start in range(1, STEPS + 1, 25):  # one batch per logging interval, as the training loop does
         tracker.log_rows([{"step": s, "loss": 1.0 / s, "lr": 1e-3} for s in range(start, min(start + 25, STEPS + 1))])
     tracker.finish()
@@ -72,3 +72,36 @@ def test_environment_overrides_params(monkeypatch, tmp_path):
     assert tracking_uri(None).startswith("sqlite:///") and tracking_uri(None).endswith("mlruns/mlflow.db")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://other:5000")
     assert tracking_uri("http://tracking:5000") == "http://other:5000"
+
+
+def test_a_run_left_running_by_a_dead_attempt_ends_killed_and_is_superseded(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    marker = tmp_path / "mlflow_run_id"
+    dead = Tracker.open(uri, "pose3d", "pose3d-standard-noam-0", tags={}, params={}, marker=marker)
+    assert marker.read_text() == dead.run_id  # the process dies here: no finish()
+
+    resumed = Tracker.open(uri, "pose3d", "pose3d-standard-noam-0", tags={}, params={}, marker=marker, resume=True)
+    assert resumed.run_id == dead.run_id  # a resumed checkpoint continues its run
+
+    rerun = Tracker.open(uri, "pose3d", "pose3d-standard-noam-0", tags={}, params={}, marker=marker)
+    client = MlflowClient(uri)
+    assert client.get_run(dead.run_id).info.status == "KILLED"
+    assert marker.read_text() == rerun.run_id
+    rerun.finish()
+    assert not marker.exists()
+    assert client.get_run(rerun.run_id).info.status == "FINISHED"
+
+    experiment = client.get_experiment_by_name("pose3d").experiment_id
+    current = client.search_runs([experiment], filter_string="tags.superseded = 'false'")
+    assert [r.info.run_id for r in current] == [rerun.run_id]
+    assert client.get_run(dead.run_id).data.tags["superseded"] == "true"
+
+
+def test_a_finished_run_is_not_killed_by_a_stale_marker(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    marker = tmp_path / "mlflow_run_id"
+    done = Tracker.open(uri, "report", "report", tags={}, params={}, marker=marker)
+    done.finish()
+    marker.write_text(done.run_id)  # e.g. a marker restored by hand
+    Tracker.open(uri, "report", "report", tags={}, params={}, marker=marker).finish()
+    assert MlflowClient(uri).get_run(done.run_id).info.status == "FINISHED"

@@ -18,12 +18,13 @@ import yaml
 from torch import nn
 
 from flexheads.config import Params, RunConfig
+from flexheads.errors import TrainingDiverged
 from flexheads.optim.schedules import lr_at
 from flexheads.train import (
     CHECKPOINT,
     GRAD_BINS,
-    TrainingDiverged,
     TrainResult,
+    checkpoint_matches,
     fit,
     grad_histogram,
     pick_device,
@@ -191,20 +192,46 @@ def test_rerun_of_a_finished_run_trains_nothing(tmp_path: Path) -> None:
     assert_same_weights(model, ref_model)
 
 
-def test_checkpoint_of_another_config_is_ignored(tmp_path: Path) -> None:
+def test_checkpoint_of_another_config_is_deleted(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(KeyboardInterrupt):
         train(make_config(), tmp_path, Recorder(fail_at=12))
     assert load_checkpoint(tmp_path)["step"] == 10
 
     other = make_config(regime_updates={"lr": 5e-3})
     recorder = Recorder()
-    with pytest.warns(UserWarning, match="written by another config; starting from step 0"):
-        model, result = train(other, tmp_path, recorder)
+    model, result = train(other, tmp_path, recorder)
+    assert "written for other run config; deleted, training starts from step 0" in capsys.readouterr().err
     assert recorder.steps == list(range(1, 31))
     fresh_model, fresh = train(other, tmp_path / "fresh")
     assert result.history == fresh.history
     assert_same_weights(model, fresh_model)
-    assert load_checkpoint(tmp_path)["config_hash"] == other.hash()
+    assert load_checkpoint(tmp_path)["fingerprint"] == {"run_config": other.hash()}
+
+
+@pytest.mark.parametrize(("part", "named"), [("data", "prepared data"), ("code", "training code")])
+def test_checkpoint_of_other_data_or_code_is_deleted(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                     part: str, named: str) -> None:
+    config = make_config()
+    written_under = {"run_config": config.hash(), "data": "d1", "code": "c1"}
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path, Recorder(fail_at=12), fingerprint=written_under)
+    assert checkpoint_matches(tmp_path / CHECKPOINT, written_under)
+
+    now = {**written_under, part: "changed"}
+    assert not checkpoint_matches(tmp_path / CHECKPOINT, now)
+    assert capsys.readouterr().err.strip() == (f"{tmp_path / CHECKPOINT}: written for other {named}; deleted, "
+                                               "training starts from step 0")
+    assert not (tmp_path / CHECKPOINT).exists()
+    recorder = Recorder()
+    train(config, tmp_path, recorder, fingerprint=now)
+    assert recorder.steps == list(range(1, 31))
+
+
+def test_unreadable_checkpoint_is_deleted(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / CHECKPOINT).write_bytes(b"not a checkpoint")
+    assert not checkpoint_matches(tmp_path / CHECKPOINT, {"run_config": "x"})
+    assert "unreadable" in capsys.readouterr().err
+    assert not (tmp_path / CHECKPOINT).exists()
 
 
 # --- checkpoints --------------------------------------------------------------------------------------
@@ -216,7 +243,7 @@ def test_checkpoint_contents(tmp_path: Path, uninterrupted: dict[str, tuple[nn.M
     train(config, tmp_path)
     payload = load_checkpoint(tmp_path)  # weights_only=True: nothing but tensors and plain containers
     assert payload["step"] == 30
-    assert payload["config_hash"] == config.hash()
+    assert payload["fingerprint"] == {"run_config": config.hash()}
     assert payload["history"] == ref.history
     model = tiny_model()
     model.load_state_dict(payload["model"])
@@ -278,6 +305,69 @@ def test_non_finite_loss_raises_and_keeps_the_last_good_checkpoint(tmp_path: Pat
     # the rows of the steps before the divergence reach the log too
     assert [row["step"] for rows in logged for row in rows] == list(range(1, 23))
     assert [row["step"] for row in logged[-1]] == [21, 22]
+
+
+def test_non_finite_gradient_never_reaches_the_optimiser(tmp_path: Path) -> None:
+    def loss_with_nan_gradient(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor, bool]) -> torch.Tensor:
+        x, y, poisoned = batch
+        loss = loss_fn(model, (x, y))
+        if poisoned:  # a finite loss (+ sqrt(0) = 0) whose gradient is 0 · inf = NaN
+            loss = loss + torch.sqrt(model(x).sum() * 0)
+        return loss
+
+    def batches(step: int) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        return (*batch_at(step), step == 23)
+
+    seed_everything(0)
+    model = tiny_model()
+    with pytest.raises(TrainingDiverged, match="gradient norm is nan at step 23 .*, so that step was not taken"):
+        fit(model, loss_with_nan_gradient, batches, make_config(), tmp_path, device=CPU, progress=False)
+    before_step_23, _ = train(make_config(steps=22), tmp_path / "reference")
+    assert_same_weights(model, before_step_23)
+    assert load_checkpoint(tmp_path)["step"] == 20
+
+
+def test_absurd_lr_keeps_an_all_finite_checkpoint(tmp_path: Path) -> None:
+    config = make_config(regime_updates={"lr": 1e30, "warmup": 1}, checkpoint_every=1)
+    with pytest.raises(TrainingDiverged) as err:
+        train(config, tmp_path)
+    assert "\n" not in str(err.value)
+    payload = load_checkpoint(tmp_path)
+    tensors = list(_tensors(payload))
+    assert len(tensors) > 10
+    assert all(torch.isfinite(t).all() for t in tensors if t.is_floating_point())
+
+
+class OverflowingStatistic(nn.Module):
+    """``tiny_model`` with a running statistic (a buffer, as BatchNorm's) that overflows float32 at step 17."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = tiny_model()
+        self.register_buffer("running", torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.running += 2e37
+        return self.net(x)
+
+
+def test_non_finite_state_is_never_checkpointed(tmp_path: Path) -> None:
+    seed_everything(0)
+    with pytest.raises(TrainingDiverged, match="running holds NaN or infinite values after step 20, so it was not "
+                                               r"checkpointed; the last good checkpoint \(step 10\)"):
+        fit(OverflowingStatistic(), loss_fn, batch_at, make_config(), tmp_path, device=CPU, progress=False)
+    assert torch.isfinite(load_checkpoint(tmp_path)["model"]["running"]).all()
+
+
+def _tensors(tree: Any) -> Any:
+    if torch.is_tensor(tree):
+        yield tree
+    elif isinstance(tree, dict):
+        for value in tree.values():
+            yield from _tensors(value)
+    elif isinstance(tree, (list, tuple)):
+        for value in tree:
+            yield from _tensors(value)
 
 
 # --- logging ------------------------------------------------------------------------------------------

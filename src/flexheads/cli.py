@@ -1,8 +1,8 @@
 """``flexheads``: the command line over the library; Snakemake rules and DVC stages call these commands.
 
 Every path is an option, so the orchestrators name inputs and outputs in one place.  A user's mistake
-(bad params.yaml, missing or malformed data) ends with a one-paragraph message and exit code 2, not a
-traceback.
+(bad params.yaml, missing or malformed data, a diverged training) ends with a one-paragraph message and exit
+code 2, not a traceback; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any, Callable
 import typer
 
 from flexheads.config import ParamsError, load_params
-from flexheads.errors import DataError
+from flexheads.errors import DataError, UserError
 
 app = typer.Typer(help="flexheads: data → prepare → train → evaluate → report for the flexible-heads study.", no_args_is_help=True,
                   add_completion=False, pretty_exceptions_show_locals=False)
@@ -28,14 +28,14 @@ RUN_HELP = ("Run name <task>-<attention>-<regime>-<seed>, e.g. pose3d-flexible-p
 
 
 def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Report a user's mistake or a data problem (params, missing/malformed/corrupt files, failed downloads) as a
-    clear message and exit code 2, not a traceback."""
+    """Report a user's mistake or a data problem (params, missing/malformed/corrupt files, failed downloads, a
+    diverged training, a model of another run) as one message and exit code 2; a bug keeps its traceback."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
-        except (ParamsError, DataError, FileNotFoundError) as err:
+        except (ParamsError, UserError) as err:
             typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
             raise typer.Exit(2) from None
 
@@ -130,16 +130,21 @@ def report(
 ) -> None:
     """Build the comparison tables, figures and index.html from the outputs of every run in the matrix, then log
     them as a run of the MLflow experiment `report` (unless tracking is disabled)."""
+    from flexheads.report import building
     from flexheads.report.figures import write_dvc_plots, write_figures
     from flexheads.report.html import write_index
     from flexheads.report.publish import publish_report
     from flexheads.report.tables import write_tables
+    from flexheads.stages import clear_abandoned_attempts
 
     p = load_params(params)
-    for path in [*write_tables(p, metrics_dir, models_dir, out), *write_figures(p, metrics_dir, models_dir, out),
-                 *write_dvc_plots(p, out / "figures", out / "plots")]:
-        typer.echo(str(path))
-    typer.echo(str(write_index(p, params, out)))
+    for folder in clear_abandoned_attempts(p, models_dir):
+        typer.echo(f"{folder}: removed the checkpoint and MLflow run id of a training attempt that died", err=True)
+    with building(out) as build:  # swapped into out only once complete: a failed report keeps the old one
+        written = [*write_tables(p, metrics_dir, models_dir, build), *write_figures(p, metrics_dir, models_dir, build),
+                   *write_dvc_plots(p, build / "figures", build / "plots"), write_index(p, params, build)]
+    for path in written:
+        typer.echo(str(out / path.relative_to(build)))
     run_id = publish_report(p, out)
     if run_id is not None:
         typer.echo(f"MLflow run {run_id} (experiment report)")

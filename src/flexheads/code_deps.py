@@ -15,6 +15,7 @@ the folders after imports change; ``flexheads code-deps --check`` (and a test) f
 from __future__ import annotations
 
 import ast
+import hashlib
 import os
 import shutil
 from pathlib import Path
@@ -49,6 +50,16 @@ def stage_modules(command: str, tasks: tuple[str, ...]) -> set[str]:
 def stage_files(command: str, tasks: tuple[str, ...]) -> list[Path]:
     """The source files of ``stage_modules``, relative to ``src/flexheads``, sorted."""
     return sorted(module_file(name).relative_to(SOURCE_ROOT) for name in stage_modules(command, tasks))
+
+
+def code_hash(command: str, task: str) -> str:
+    """SHA-256 over the path and bytes of every source file ``flexheads <command>`` runs for ``task``: the version
+    of the code behind a stage's result (a training checkpoint resumes only under the same)."""
+    digest = hashlib.sha256()
+    for rel in stage_files(command, (task,)):
+        digest.update(f"\0{rel.as_posix()}\0".encode())
+        digest.update((SOURCE_ROOT / rel).read_bytes())
+    return digest.hexdigest()
 
 
 def write_code_dirs(project: Path) -> list[Path]:

@@ -17,10 +17,11 @@ lists plus everything downstream of them: what ``dvc repro`` may rerun.
 from __future__ import annotations
 
 import os
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from flexheads.config import rule_name
 
 MARKER_DIR = Path(".snakemake/flexheads/stale")  # one file per stage; new content and mtime: DVC says stale
 TIMESTAMP = ".snakemake_timestamp"  # Snakemake's timestamp of a folder output (ignored by DVC and git)
@@ -38,7 +39,7 @@ class Stage:
     @property
     def rule_name(self) -> str:
         """A Snakemake rule name: ``train@pose3d-standard-noam-0`` → ``train__pose3d_standard_noam_0``."""
-        return re.sub(r"\W", "_", self.name.replace("@", "__"))
+        return rule_name(self.name)
 
     @property
     def kind(self) -> str:

@@ -1,11 +1,14 @@
 """Atomic file output: every stage writes to a temporary file beside the target and renames it.
 
 An interrupted stage therefore leaves either the old file or none, never a half-written one that DVC or
-Snakemake would trust.
+Snakemake would trust.  A temporary file is named ``.<target name>.partial-<random><suffix>``: DVC ignores the
+pattern (``.dvcignore``), so one left by a killed process never counts into a folder output, and the next write
+of the same target removes it.
 """
 
 from __future__ import annotations
 
+import glob
 import io
 import json
 import os
@@ -15,16 +18,28 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from flexheads.errors import DataError
+
+PARTIAL = ".partial-"  # marks a temporary file: .<target name>.partial-<random><suffix>
+
+
+def partial_prefix(path: Path) -> str:
+    """The name prefix of ``path``'s temporary files (``.model.pt.partial-``)."""
+    return f".{path.name}{PARTIAL}"
+
 
 @contextmanager
 def atomic_path(path: str | Path, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path in ``path``'s folder; on success rename it onto ``path``, on error delete it.
 
-    ``suffix`` defaults to ``path``'s own, for writers that pick a format from the file name.
+    Temporary files of ``path`` left by a killed writer are removed first (one writer per target: each output
+    belongs to one stage).  ``suffix`` defaults to ``path``'s own, for writers that pick a format from the file name.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix or path.suffix)
+    for leftover in path.parent.glob(f"{glob.escape(partial_prefix(path))}*"):
+        leftover.unlink(missing_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=partial_prefix(path), suffix=suffix or path.suffix)
     os.close(fd)
     tmp = Path(tmp_name)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; outputs get the usual permissions
@@ -66,15 +81,25 @@ def replace_with_symlink(src: Path, dst: Path) -> Path:
     """Point ``dst`` at ``src`` with a relative symlink, replacing what ``dst`` was (a stage output, e.g. a folder
     of synthetic images) atomically: the link is made beside ``dst`` and renamed onto it."""
     if not src.exists():
-        raise FileNotFoundError(f"{src}: missing (expected after the download)")
+        raise DataError(f"{src}: missing (expected after the download)")
     dst.parent.mkdir(parents=True, exist_ok=True)
     if dst.is_dir() and not dst.is_symlink():
         shutil.rmtree(dst)
-    tmp = dst.with_name(f".{dst.name}.link")
+    tmp = dst.with_name(f"{partial_prefix(dst)}link")
     tmp.unlink(missing_ok=True)
     os.symlink(os.path.relpath(src.resolve(), dst.parent.resolve()), tmp, target_is_directory=src.is_dir())
     os.replace(tmp, dst)
     return dst
+
+
+def read_json(path: str | Path) -> Any:
+    """The JSON value at ``path``; ``DataError`` naming the file when it is missing or not valid JSON."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise DataError(f"{path}: not found") from None
+    except (OSError, ValueError) as err:
+        raise DataError(f"{path}: not readable JSON ({err})") from None
 
 
 def read_json_object(path: Path) -> dict[str, Any]:

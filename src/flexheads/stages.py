@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -35,21 +36,30 @@ import pandas as pd
 import torch
 from torch import nn
 
-from flexheads.config import Params, RunConfig
-from flexheads.io import atomic_path, save_torch, write_json
+from flexheads.code_deps import code_hash
+from flexheads.config import Params, Run, RunConfig, flatten, rule_name
+from flexheads.data.prepared import prepared_hash
+from flexheads.errors import DataError, WrongModel
+from flexheads.io import atomic_path, read_json, save_torch, write_json
 from flexheads.nn import MultiHeadAttention
 from flexheads.tasks import task_module
-from flexheads.train import CHECKPOINT, GRAD_BINS, fit, pick_device, seed_everything
+from flexheads.train import CHECKPOINT, GRAD_BINS, checkpoint_matches, fit, pick_device, seed_everything
 
 RUN_ID_FILE = "mlflow_run_id"
 
 
 def train_run(params: Params, run_name: str, data_h5: Path, out_dir: Path, device: str = "auto",
               progress: bool = True) -> dict[str, Any]:
-    """Train one matrix cell and write its ``models/<run>/`` outputs; returns the ``train.json`` summary."""
+    """Train one matrix cell and write its ``models/<run>/`` outputs; returns the ``train.json`` summary.
+
+    A checkpoint in ``out_dir`` resumes only under the same fingerprint (run config, the prepared data's content
+    hash, the training code's hash); with tracking, so does the MLflow run named in ``out_dir/mlflow_run_id``.
+    """
     run = params.run(run_name)
     config = params.run_config(run)
     task = task_module(run.task)
+    fingerprint = {"run_config": config.hash(), "data": prepared_hash(data_h5, run.task),
+                   "code": code_hash("train", run.task)}
     torch.set_num_threads(params.threads)
     seed_everything(config.seed)
     model = task.build_model(config, data_h5)
@@ -57,16 +67,17 @@ def train_run(params: Params, run_name: str, data_h5: Path, out_dir: Path, devic
     validate = task.validation(data_h5, config) if config.train.eval_every else None
     out_dir.mkdir(parents=True, exist_ok=True)
     device_used = pick_device(device)
-    tracker = _tracker(params, config, model, out_dir)
+    resumes = checkpoint_matches(out_dir / CHECKPOINT, fingerprint)
+    tracker = _tracker(params, config, model, out_dir, resumes)
     n_params = sum(p.numel() for p in model.parameters())
 
     try:
         result = fit(model, loss_fn, batch_at, config, out_dir, device=device_used,
                      log=tracker.log_rows if tracker else None, validate=validate,
-                     validate_key=f"val_{task.MAIN_METRIC}", progress=progress)
-    except BaseException:
+                     validate_key=f"val_{task.MAIN_METRIC}", progress=progress, fingerprint=fingerprint)
+    except BaseException as err:
         if tracker:
-            tracker.finish("FAILED")
+            tracker.finish("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         raise
 
     save_model(out_dir / "model.pt", model, config)
@@ -81,7 +92,7 @@ def train_run(params: Params, run_name: str, data_h5: Path, out_dir: Path, devic
         "regime": run.regime, "mlflow_run_id": tracker.run_id if tracker else None,
         "n_params": n_params, "steps": result.steps, "final_loss": result.final_loss,
         "wall_time_s": round(result.wall_time_s, 3), "device": str(device_used),
-        "params_hash": config.hash(),
+        "params_hash": config.hash(), "data_sha256": fingerprint["data"], "code_sha256": fingerprint["code"],
     }
     write_json(out_dir / "train.json", summary)
     if tracker:
@@ -89,8 +100,32 @@ def train_run(params: Params, run_name: str, data_h5: Path, out_dir: Path, devic
         tracker.log_artifact(out_dir / "model.pt", "model")
         tracker.finish()
     (out_dir / CHECKPOINT).unlink(missing_ok=True)
-    (out_dir / RUN_ID_FILE).unlink(missing_ok=True)
     return summary
+
+
+def clear_abandoned_attempts(params: Params, models_dir: Path) -> list[Path]:
+    """Remove what a killed training left beside a complete result of the same run, and return those run folders.
+
+    A training that finishes removes its ``checkpoint.pt`` and ``mlflow_run_id``; both beside a complete
+    ``model.pt`` + ``train.json`` mean an attempt died and the result came from elsewhere (DVC restored it from its
+    cache, or an earlier attempt).  The checkpoint can no longer be the run's future, so it is deleted, and the
+    attempt's MLflow run, if still RUNNING, ends KILLED.
+    """
+    cleared = []
+    for run in params.all_runs():
+        folder = models_dir / run.name
+        leftovers = [folder / name for name in (CHECKPOINT, RUN_ID_FILE) if (folder / name).exists()]
+        if not leftovers or not ((folder / "model.pt").exists() and (folder / "train.json").exists()):
+            continue
+        marker = folder / RUN_ID_FILE
+        if marker.exists() and params.tracking.enabled:
+            from flexheads.tracking import end_if_running, tracking_uri
+
+            end_if_running(tracking_uri(params.tracking.uri), marker.read_text().strip(), "KILLED")
+        for path in leftovers:
+            path.unlink()
+        cleared.append(folder)
+    return cleared
 
 
 def evaluate_run(params: Params, run_name: str, data_h5: Path, stats_json: Path, model_dir: Path, out_json: Path,
@@ -101,9 +136,13 @@ def evaluate_run(params: Params, run_name: str, data_h5: Path, stats_json: Path,
     run = params.run(run_name)
     task = task_module(run.task)
     torch.set_num_threads(params.threads)
-    model = load_model(model_dir / "model.pt", task.ARCHITECTURES)
-    trained = json.loads((model_dir / "train.json").read_text())
-    headline, tables = task.evaluate(model, data_h5, json.loads(stats_json.read_text()),
+    model = load_model(model_dir / "model.pt", task.ARCHITECTURES, expected=params.run_config(run))
+    trained = read_json(model_dir / "train.json")
+    if not isinstance(trained, dict) or trained.get("run") != run.name:
+        raise WrongModel(f"{model_dir / 'train.json'}: not the training record of {run.name}")
+    if trained.get("data_sha256") != prepared_hash(data_h5, run.task):
+        raise WrongModel(f"{model_dir}: trained on other prepared data than {data_h5}; rerun `flexheads train`")
+    headline, tables = task.evaluate(model, data_h5, read_json(stats_json),
                                      getattr(params.train, run.task).eval_batch_size, pick_device(device))
     metrics = {"run": run.name, "task": run.task, "model": run.baseline or "transformer", "attention": run.attention,
                "regime": run.regime, "main_metric": task.MAIN_METRIC, **{k: _rounded(v) for k, v in headline.items()}}
@@ -139,12 +178,46 @@ def save_model(path: Path, model: nn.Module, config: RunConfig) -> None:
     })
 
 
-def load_model(path: Path, architectures: Mapping[str, Callable[[dict], nn.Module]]) -> nn.Module:
-    """Rebuild a model written by ``save_model`` (``weights_only`` load: no code runs from the file)."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    model = architectures[checkpoint["architecture"]](checkpoint["model_config"])
-    model.load_state_dict(checkpoint["model"])
+def load_model(path: Path, architectures: Mapping[str, Callable[[dict], nn.Module]],
+               expected: RunConfig | None = None) -> nn.Module:
+    """Rebuild a model written by ``save_model`` (``weights_only`` load: no code runs from the file).
+
+    Raises:
+        DataError: ``path`` is missing or is not a ``model.pt`` of one of ``architectures`` (another task's).
+        WrongModel: ``expected`` is given and the model was trained for another run, or with other params.
+    """
+    if not path.is_file():
+        raise DataError(f"{path}: model file not found; run `flexheads train` for it first")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as err:
+        raise DataError(f"{path}: not a model file written by `flexheads train` "
+                        f"({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
+    if not isinstance(saved, dict) or not {"model", "architecture", "model_config", "run_config"} <= saved.keys():
+        raise DataError(f"{path}: not a model file written by `flexheads train` (keys missing)")
+    if saved["architecture"] not in architectures:
+        raise DataError(f"{path}: holds a {saved['architecture']}, not a model of this task "
+                        f"({', '.join(architectures)})")
+    if expected is not None:
+        _check_run_config(path, saved["run_config"], expected)
+    model = architectures[saved["architecture"]](saved["model_config"])
+    model.load_state_dict(saved["model"])
     return model
+
+
+def _check_run_config(path: Path, saved: dict[str, Any], expected: RunConfig) -> None:
+    """WrongModel unless the run config saved in ``path`` is ``expected``'s, naming the run or the keys that differ."""
+    wanted = expected.to_dict()
+    identity = ("task", "attention", "regime_name", "seed")
+    if any(saved.get(key) != wanted[key] for key in identity):
+        trained = "-".join(str(saved.get(key)) for key in identity)
+        raise WrongModel(f"{path}: trained for run {trained}, not {expected.run.name}; pass that run's own folder "
+                         f"(models/{expected.run.name})")
+    flat_saved, flat_wanted = flatten(saved), flatten(wanted)
+    differ = sorted(key for key in flat_saved.keys() | flat_wanted.keys() if flat_saved.get(key) != flat_wanted.get(key))
+    if differ:
+        raise WrongModel(f"{path}: trained with other params than params.yaml's for {expected.run.name} "
+                         f"({', '.join(differ[:5])}{', ...' if len(differ) > 5 else ''}); rerun `flexheads train`")
 
 
 def _rounded(value: Any) -> Any:
@@ -169,21 +242,21 @@ def head_params(model: nn.Module) -> dict[str, int]:
             "heads.attention_params": sum(p.numel() for m in attention for p in m.parameters())}
 
 
-def _tracker(params: Params, config: RunConfig, model: nn.Module, out_dir: Path) -> Any:
-    """An MLflow tracker for this run (resumed with the checkpoint), or None with tracking disabled."""
+def _tracker(params: Params, config: RunConfig, model: nn.Module, out_dir: Path, resumes: bool) -> Any:
+    """An MLflow tracker for this run, or None with tracking disabled: the run of the checkpoint when ``resumes``,
+    else a new run (a run left RUNNING by a killed attempt ends KILLED; earlier runs of the name are superseded)."""
     if not params.tracking.enabled:
         return None
     from flexheads.tracking import Tracker, git_commit, source_tags, tracking_uri
 
-    uri = tracking_uri(params.tracking.uri)
-    run_id_file = out_dir / RUN_ID_FILE
-    if (out_dir / CHECKPOINT).exists() and run_id_file.exists():
-        return Tracker.resume(uri, run_id_file.read_text().strip())
     run = config.run
     tags = {**source_tags("flexheads train"), "task": run.task, "attention": run.attention, "regime": run.regime,
-            "seed": str(run.seed), "git_commit": git_commit(), "params_hash": config.hash()}
-    tracker = Tracker.start(uri, experiment=run.task, run_name=run.name, tags=tags,
-                            params={**config.flat(), **head_params(model)})
-    with atomic_path(run_id_file) as tmp:
-        tmp.write_text(tracker.run_id)
-    return tracker
+            "seed": str(run.seed), "git_commit": git_commit(), "params_hash": config.hash(), **stage_tags("train", run)}
+    return Tracker.open(tracking_uri(params.tracking.uri), experiment=run.task, run_name=run.name, tags=tags,
+                        params={**config.flat(), **head_params(model)}, marker=out_dir / RUN_ID_FILE, resume=resumes)
+
+
+def stage_tags(kind: str, run: Run) -> dict[str, str]:
+    """The DVC stage and the Snakemake rule that run ``kind`` (train, evaluate) for ``run``, as MLflow tags."""
+    stage = f"{kind}_baseline@{run.baseline}" if run.baseline else f"{kind}@{run.name}"
+    return {"dvc_stage": stage, "snakemake_rule": rule_name(stage)}

@@ -23,9 +23,13 @@ from typing import Any, Iterable, Mapping
 
 from filelock import FileLock
 
+from flexheads.io import write_text
+
 STORE_DIR = Path("mlruns")
 MAX_BATCH = 1000  # MLflow's limit of metrics per log_batch call
 MAX_PARAMS = 100  # ... and of params per call
+MAX_SEARCH = 1000  # earlier runs of one name looked at when a new one supersedes them
+SUPERSEDED = "superseded"  # run tag: "true" once a later run of the same name has started
 EXPERIMENT_NOTES = {  # MLflow's experiment description (tag mlflow.note.content), set when the experiment is made
     "pose3d": "3D human pose lifting (Human3.6M layout): one run per attention × regime × seed",
     "pose2d": "2D human pose estimation (COCO person keypoints): one run per attention × regime × seed",
@@ -78,25 +82,51 @@ def runs_url(ui: str, experiment_id: str) -> str:
 
 
 class Tracker:
-    """A thin wrapper over ``MlflowClient`` for one run; create with ``Tracker.start`` or ``Tracker.resume``."""
+    """A thin wrapper over ``MlflowClient`` for one run; create with ``Tracker.open`` or ``Tracker.resume``.
 
-    def __init__(self, client: Any, run_id: str) -> None:
+    A run opened with a ``marker`` file keeps its id there until :meth:`finish`: a marker left behind means the
+    process died with the run RUNNING, and the next attempt of the same stage ends it (:meth:`open`).
+    """
+
+    def __init__(self, client: Any, run_id: str, marker: Path | None = None) -> None:
         self.client = client
         self.run_id = run_id
+        self.marker = marker
 
     @classmethod
-    def start(
-        cls, uri: str, experiment: str, run_name: str, tags: Mapping[str, str], params: Mapping[str, Any]
+    def open(
+        cls, uri: str, experiment: str, run_name: str, tags: Mapping[str, str], params: Mapping[str, Any], *,
+        marker: Path | None = None, resume: bool = False,
     ) -> Tracker:
+        """The MLflow run of one attempt of a stage.
+
+        With ``resume`` and a ``marker``, the run named there continues (a training resumed from its checkpoint).
+        Otherwise the marker's run, left RUNNING by an attempt that died, ends KILLED; a new run starts with
+        ``tags`` and ``params``, tagged ``superseded=false``, and every earlier run of the same name in the
+        experiment is tagged ``superseded=true`` (the UI's filter ``tags.superseded = 'false'`` shows the runs
+        behind the current files); its id goes into ``marker``.
+        """
+        if marker is not None and marker.exists():
+            run_id = marker.read_text().strip()
+            if resume:
+                tracker = cls(_client(uri), run_id, marker)
+                tracker.client.update_run(run_id, status="RUNNING")
+                return tracker
+            end_if_running(uri, run_id, "KILLED")
+            marker.unlink()
         experiment_id = ensure_experiments(uri, [experiment])[experiment]  # first: creates the store under a lock
         client = _client(uri)
-        run = client.create_run(experiment_id, run_name=run_name, tags=dict(tags))
-        tracker = cls(client, run.info.run_id)
+        run = client.create_run(experiment_id, run_name=run_name, tags={**tags, SUPERSEDED: "false"})
+        tracker = cls(client, run.info.run_id, marker)
+        if marker is not None:
+            write_text(marker, tracker.run_id)
         tracker.log_params(params)
+        _supersede(client, experiment_id, run_name, keep=tracker.run_id)
         return tracker
 
     @classmethod
     def resume(cls, uri: str, run_id: str) -> Tracker:
+        """A handle on an existing run (evaluation adds its test metrics to the training's run)."""
         return cls(_client(uri), run_id)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
@@ -132,7 +162,33 @@ class Tracker:
         self.client.log_artifact(self.run_id, str(path), artifact_path)
 
     def finish(self, status: str = "FINISHED") -> None:
+        """End the run with ``status`` (FINISHED, FAILED or KILLED) and drop its marker."""
         self.client.set_terminated(self.run_id, status=status)
+        if self.marker is not None:
+            self.marker.unlink(missing_ok=True)
+
+
+def end_if_running(uri: str, run_id: str, status: str) -> None:
+    """End run ``run_id`` with ``status`` if it is still RUNNING (its process died); a deleted run is left alone."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client(uri)
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:  # removed from the store since
+        return
+    if run.info.status == "RUNNING":
+        client.set_terminated(run_id, status=status)
+
+
+def _supersede(client: Any, experiment_id: str, run_name: str, keep: str) -> None:
+    """Tag every run named ``run_name`` in the experiment except ``keep`` as superseded."""
+    from mlflow.entities import RunTag
+
+    for run in client.search_runs([experiment_id], filter_string=f"attributes.run_name = '{run_name}'",
+                                  max_results=MAX_SEARCH):
+        if run.info.run_id != keep and run.data.tags.get(SUPERSEDED) != "true":
+            client.log_batch(run.info.run_id, tags=[RunTag(SUPERSEDED, "true")])
 
 
 def ensure_experiments(uri: str, names: Iterable[str]) -> dict[str, str]:

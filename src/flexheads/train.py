@@ -13,18 +13,19 @@ Progress shows as a tqdm bar on a terminal and, when stderr is a log file (Snake
 from __future__ import annotations
 
 import math
+import pickle
 import sys
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from flexheads.config import RunConfig
+from flexheads.errors import TrainingDiverged
 from flexheads.io import save_torch
 from flexheads.optim.optimizers import build_optimizer
 from flexheads.optim.schedules import lr_at
@@ -32,10 +33,7 @@ from flexheads.optim.schedules import lr_at
 Batch = Any
 CHECKPOINT = "checkpoint.pt"
 GRAD_BINS = torch.linspace(-12.0, 2.0, 71)  # log10 |grad| bin edges of the gradient histograms
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept on disk."""
+FINGERPRINT_PARTS = {"run_config": "run config", "data": "prepared data", "code": "training code"}
 
 
 @dataclass
@@ -80,8 +78,10 @@ def fit(
     validate: Callable[[nn.Module, torch.device], float] | None = None,
     validate_key: str = "val",
     progress: bool = True,  # a bar when stderr is a terminal, else progress lines; False silences both
+    fingerprint: Mapping[str, str] | None = None,
 ) -> TrainResult:
-    """Train ``model`` for ``config.train.steps`` steps, resuming from ``out_dir/checkpoint.pt`` if present.
+    """Train ``model`` for ``config.train.steps`` steps, resuming from ``out_dir/checkpoint.pt`` if it was written
+    under the same ``fingerprint`` (see :func:`checkpoint_matches`).
 
     Args:
         batch_at: step (1-based) → batch of CPU tensors (moved to ``device`` here).
@@ -92,10 +92,13 @@ def fit(
             ``eval_every``-th step and of the last step (never when ``eval_every`` is 0) by :func:`validated`,
             which leaves training bit-identical; the value goes into that step's history row as
             ``validate_key``, and rows of other steps lack the key.
+        fingerprint: hashes of what determines the run, keys from ``FINGERPRINT_PARTS`` (run config, prepared
+            data, training code); default ``{"run_config": config.hash()}``.
         progress: on a terminal a tqdm bar showing loss and lr; otherwise (stderr redirected to a log, as
             under Snakemake and DVC) a :func:`progress_line` on stderr at every ``log`` step.
     Raises:
-        TrainingDiverged: on a NaN/inf loss; the checkpoint of the last good interval stays on disk.
+        TrainingDiverged: on a NaN/inf loss or gradient norm, before the optimiser takes that step, or when a
+            checkpoint would hold a non-finite tensor; the last (all-finite) checkpoint stays on disk.
     """
     settings, regime = config.train, config.regime
     model.to(device)
@@ -106,7 +109,7 @@ def fit(
     lr_of_step = lr_at(regime.schedule, lr=lr, warmup=regime.warmup, beta2=regime.betas[1],
                        d_model=config.model.d_model)
     checkpoint = out_dir / CHECKPOINT
-    state = _resume_state(checkpoint, model, optimizer, device, config.hash())
+    state = _resume_state(checkpoint, model, optimizer, device, fingerprint or {"run_config": config.hash()})
     parameters = [p for p in model.parameters() if p.requires_grad]
     clip = settings.grad_clip if settings.grad_clip > 0 else math.inf
     # Rows after the last log boundary before the checkpoint may never have reached ``log`` (the run stopped
@@ -129,21 +132,19 @@ def fit(
         batch = _to_device(batch_at(step), device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             loss = loss_fn(model, batch)
-        loss_value = loss.item()
-        if not math.isfinite(loss_value):
+        loss_value, grad_norm = loss.item(), math.nan
+        if math.isfinite(loss_value):
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if step in settings.grad_snapshot_steps:
+                state["grad_histograms"][step] = grad_histogram(model)
+            grad_norm = torch.nn.utils.clip_grad_norm_(parameters, clip).item()
+        problem = _non_finite(loss=loss_value, gradient_norm=grad_norm)
+        if problem:
             if log is not None and unlogged:
                 log(unlogged)  # the steps leading up to a divergence are the ones a stability study needs
-            kept = (f"the last good checkpoint (step {state['step']}) is kept at {checkpoint}" if state["step"]
-                    else "no checkpoint was written yet")
-            raise TrainingDiverged(
-                f"{config.run.name}: loss is {loss_value} at step {step} (lr {lr:.3g}); {kept}. "
-                f"Lower the regime's lr or add warmup."
-            )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if step in settings.grad_snapshot_steps:
-            state["grad_histograms"][step] = grad_histogram(model)
-        grad_norm = torch.nn.utils.clip_grad_norm_(parameters, clip).item()
+            raise _divergence(config.run.name, f"{problem} at step {step} (lr {lr:.3g}), so that step was not taken",
+                              checkpoint, state["step"])
         optimizer.step()
 
         row = {"step": step, "loss": loss_value, "lr": lr, "grad_norm": grad_norm}
@@ -161,6 +162,7 @@ def fit(
                                      elapsed_s=time.monotonic() - process_start, steps_done=step - first_step)
                 print(line, file=sys.stderr, flush=True)
         if step % settings.checkpoint_every == 0 or step == settings.steps:
+            _require_finite(config.run.name, model, optimizer, step, checkpoint, state["step"])
             state.update(step=step, wall_time_s=time.perf_counter() - started)
             _save_checkpoint(checkpoint, model, optimizer, state)
     bar.close()
@@ -208,26 +210,70 @@ def validated(model: nn.Module, validate: Callable[[nn.Module, torch.device], fl
     return value
 
 
-def _fresh_state(config_hash: str) -> dict[str, Any]:
-    return {"config_hash": config_hash, "step": 0, "wall_time_s": 0.0, "history": [], "grad_histograms": {}}
+def checkpoint_matches(path: Path, fingerprint: Mapping[str, str]) -> bool:
+    """Whether ``path`` holds a checkpoint written under ``fingerprint``.
+
+    A checkpoint written under another fingerprint (another run config, other prepared data, other training code)
+    or an unreadable one is deleted, and one line on stderr says why: it can never be resumed.
+    """
+    if not path.exists():
+        return False
+    try:
+        written_under = torch.load(path, map_location="cpu", weights_only=True).get("fingerprint", {})
+    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as err:
+        reason = f"unreadable ({str(err).splitlines()[0] if str(err) else type(err).__name__})"
+    else:
+        differ = [FINGERPRINT_PARTS.get(key, key) for key in fingerprint if written_under.get(key) != fingerprint[key]]
+        if not differ:
+            return True
+        reason = "written for other " + " and ".join(differ)
+    print(f"{path}: {reason}; deleted, training starts from step 0", file=sys.stderr, flush=True)
+    path.unlink()
+    return False
+
+
+def _fresh_state(fingerprint: Mapping[str, str]) -> dict[str, Any]:
+    return {"fingerprint": dict(fingerprint), "step": 0, "wall_time_s": 0.0, "history": [], "grad_histograms": {}}
 
 
 def _resume_state(
-    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device, config_hash: str
+    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device,
+    fingerprint: Mapping[str, str],
 ) -> dict[str, Any]:
-    """The checkpoint's state if it was written by this very config; a fresh start otherwise."""
-    if not path.exists():
-        return _fresh_state(config_hash)
+    """The checkpoint's state if it was written under this very fingerprint; a fresh start otherwise."""
+    if not checkpoint_matches(path, fingerprint):
+        return _fresh_state(fingerprint)
     payload = torch.load(path, map_location=device, weights_only=True)
-    if payload.get("config_hash") != config_hash:
-        warnings.warn(f"{path} was written by another config; starting from step 0", stacklevel=2)
-        return _fresh_state(config_hash)
     model.load_state_dict(payload["model"])
     optimizer.load_state_dict(payload["optimizer"])
     torch.set_rng_state(payload["rng_cpu"].cpu())
     if payload["rng_cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in payload["rng_cuda"]])
-    return {key: payload[key] for key in _fresh_state(config_hash)}
+    return {key: payload[key] for key in _fresh_state(fingerprint)}
+
+
+def _non_finite(**values: float) -> str | None:
+    """``"gradient norm is nan"`` for the first of ``values`` that is NaN or infinite; None if all are finite."""
+    return next((f"{key.replace('_', ' ')} is {value}" for key, value in values.items() if not math.isfinite(value)),
+                None)
+
+
+def _divergence(name: str, problem: str, checkpoint: Path, last_saved: int) -> TrainingDiverged:
+    kept = (f"the last good checkpoint (step {last_saved}) is kept at {checkpoint}" if last_saved
+            else "no checkpoint was written yet")
+    return TrainingDiverged(f"{name}: {problem}; {kept}. Lower the regime's lr or add warmup.")
+
+
+def _require_finite(name: str, model: nn.Module, optimizer: torch.optim.Optimizer, step: int, checkpoint: Path,
+                    last_saved: int) -> None:
+    """Raise ``TrainingDiverged`` rather than checkpoint a non-finite weight or optimiser state (an overflow)."""
+    tensors = [*model.state_dict().items(),
+               *((f"optimizer state {key}", value) for state in optimizer.state.values() for key, value in state.items())]
+    bad = next((key for key, t in tensors if torch.is_tensor(t) and t.is_floating_point()
+                and not torch.isfinite(t).all()), None)
+    if bad is not None:
+        raise _divergence(name, f"{bad} holds NaN or infinite values after step {step}, so it was not checkpointed",
+                          checkpoint, last_saved)
 
 
 def _save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:

@@ -9,6 +9,7 @@ import pytest
 
 from flexheads.data import h36m
 from flexheads.data.h36m import H36MFormatError
+from flexheads.errors import DataError
 
 ALL_SUBJECTS = h36m.TRAIN_SUBJECTS + h36m.TEST_SUBJECTS
 
@@ -273,7 +274,7 @@ def test_align_2d_to_3d_names_the_mismatch(tmp_path: Path) -> None:
 
 
 def test_require_user_files(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError) as err:
+    with pytest.raises(DataError) as err:
         h36m.require_user_files(tmp_path, "cpn_ft_h36m_dbb")
     message = str(err.value)
     for expected in (str(tmp_path / "data_3d_h36m.npz"), str(tmp_path / "data_2d_h36m_cpn_ft_h36m_dbb.npz"),

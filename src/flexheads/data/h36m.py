@@ -291,13 +291,13 @@ def require_user_files(root: Path, keypoints: str) -> dict[str, Path]:
     """Paths of the user-supplied real dataset under ``root``: ``{'3d': ..., '2d': ...}``.
 
     Human3.6M is licensed per user and cannot be downloaded by the pipeline, so a missing file raises
-    ``FileNotFoundError`` with the steps to obtain it.
+    ``DataError`` with the steps to obtain it.
     """
     root = Path(root)
     paths = {"3d": root / FILE_3D, "2d": root / file_2d(keypoints)}
     missing = [path for path in paths.values() if not path.is_file()]
     if missing:
-        raise FileNotFoundError(
+        raise DataError(
             "The real Human3.6M files are missing:\n"
             + "".join(f"  - {path}\n" for path in missing)
             + "Human3.6M is licensed per user and cannot be downloaded by this pipeline. To use it:\n"

@@ -10,18 +10,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flexheads.config import Params
+from flexheads.config import Params, rule_name
 from flexheads.report.html import report_files
 
 EXPERIMENT = "report"
+RUN_ID_FILE = ".mlflow_run_id"  # in the report folder while the run is open; a killed report's run ends KILLED
 ARTIFACT_FOLDERS = ("tables", "figures")  # logged under the same names; index.html goes to the root
 
 
 def publish_report(params: Params, out_dir: Path) -> str | None:
     """Log ``<out_dir>/tables/*``, ``<out_dir>/figures/*`` and ``<out_dir>/index.html`` as one MLflow run.
 
-    Tags: MLflow's source tags, ``params_hash``, ``git_commit``, ``tasks`` (comma-separated); params:
-    ``runs.<task>``, the number of runs (matrix cells and baselines) the report compares for each task.
+    Tags: MLflow's source tags, ``params_hash``, ``git_commit``, ``tasks`` (comma-separated), ``dvc_stage`` and
+    ``snakemake_rule``; params: ``runs.<task>``, the number of runs (matrix cells and baselines) the report compares
+    for each task.  The run of a report killed mid-upload ends KILLED when the next report starts, and earlier
+    report runs are tagged ``superseded``.
 
     Returns:
         The run id, or None when ``tracking.enabled`` is false (nothing is logged, mlflow is not imported).
@@ -35,10 +38,13 @@ def publish_report(params: Params, out_dir: Path) -> str | None:
         "params_hash": params.hash(),
         "git_commit": git_commit(),
         "tasks": ",".join(params.experiment.tasks),
+        "dvc_stage": "report",
+        "snakemake_rule": rule_name("report"),
     }
     runs = params.all_runs()
     counts = {f"runs.{task}": sum(r.task == task for r in runs) for task in params.experiment.tasks}
-    tracker = Tracker.start(tracking_uri(params.tracking.uri), EXPERIMENT, "report", tags=tags, params=counts)
+    tracker = Tracker.open(tracking_uri(params.tracking.uri), EXPERIMENT, "report", tags=tags, params=counts,
+                           marker=out_dir / RUN_ID_FILE)
     try:
         for folder in ARTIFACT_FOLDERS:
             for path in report_files(out_dir / folder):
@@ -46,8 +52,8 @@ def publish_report(params: Params, out_dir: Path) -> str | None:
         index = out_dir / "index.html"
         if index.exists():
             tracker.log_artifact(index)
-    except BaseException:
-        tracker.finish("FAILED")
+    except BaseException as err:
+        tracker.finish("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         raise
     tracker.finish()
     return tracker.run_id

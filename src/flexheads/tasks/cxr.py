@@ -40,12 +40,14 @@ from tqdm.auto import tqdm
 
 from flexheads.config import CxrData, RunConfig
 from flexheads.data import synthetic_cxr
+from flexheads.data.prepared import open_prepared, seal
 from flexheads.data.cxr import (
     COVID_DIR, COVID_IMAGES_DIR, COVID_METADATA, COVID_TEST_FRACTION, FOLDER_DIR, LABELS, MASKS_DIR, NIH_BBOX_CSV,
     NIH_CSV, NIH_DIR, NIH_IMAGES_DIR, NIH_TEST_LIST, NIH_TRAIN_VAL_LIST, SPLITS, CxrFormatError,
     check_patients_disjoint, download_covid, download_nih, folder_splits, hashed_splits, nih_splits,
     read_covid_metadata, read_folder_entries, read_nih_entries,
 )
+from flexheads.errors import DataError
 from flexheads.io import atomic_path, replace_with_symlink, write_json
 from flexheads.metrics import classification
 from flexheads.metrics import localisation as localisation_metrics
@@ -253,6 +255,7 @@ def prepare(data: CxrData, raw_dir: Path, out_h5: Path, stats_json: Path) -> dic
             if split == "train":
                 stats["pixel_mean"], stats["pixel_std"] = writer.pixel_moments()
                 h5.attrs["pixel_mean"], h5.attrs["pixel_std"] = stats["pixel_mean"], stats["pixel_std"]
+        stats["content_sha256"] = seal(h5, "cxr")  # checkpoints resume only on this content
     write_json(stats_json, stats)
     return stats
 
@@ -324,7 +327,7 @@ GRADCAM_FIGURE_IMAGES = 8  # test images (the first with a lesion mask) whose Gr
 def build_model(config: RunConfig, h5_path: Path) -> VisionTransformer:
     """The run's ViT for the radiographs ``prepare`` wrote, standardised with the train split's pixel moments."""
     m = config.model
-    with h5py.File(h5_path, "r") as h5:
+    with open_prepared(h5_path, "cxr") as h5:
         size, mean, std = (h5.attrs[name] for name in ("image_size", "pixel_mean", "pixel_std"))
     model = VisionTransformer(ViTConfig(
         image_size=int(size), patch_size=m.patch_size, n_classes=len(LABELS), d_model=m.d_model, n_heads=m.n_heads,
@@ -336,9 +339,9 @@ def build_model(config: RunConfig, h5_path: Path) -> VisionTransformer:
 
 
 def _read_split(h5_path: Path, split: str, names: tuple[str, ...]) -> dict[str, np.ndarray]:
-    with h5py.File(h5_path, "r") as h5:
+    with open_prepared(h5_path, "cxr") as h5:
         if split not in h5:
-            raise KeyError(f"{h5_path}: no '{split}' group; rerun `flexheads prepare cxr`")
+            raise DataError(f"{h5_path}: no '{split}' group; rerun `flexheads prepare cxr`")
         return {name: h5[split][name][:] for name in names if name in h5[split]}
 
 
@@ -410,7 +413,7 @@ def validation(h5_path: Path, config: RunConfig) -> Callable[[nn.Module, torch.d
     both sources (ChestX-ray14, then COVID-19) appear; without a validation split (``data.cxr.val_fraction: 0``)
     the test split's, for a curve only (nothing is chosen on it).  The images are read once, here.
     """
-    with h5py.File(h5_path, "r") as h5:
+    with open_prepared(h5_path, "cxr") as h5:
         split = h5["val"] if len(h5["val"]["labels"]) else h5["test"]
         rows = evenly_spaced(len(split["labels"]), VALIDATION_SAMPLES)
         images, labels = split["images"][rows], split["labels"][rows]

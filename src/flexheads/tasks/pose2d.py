@@ -38,9 +38,11 @@ from tqdm.auto import tqdm
 
 from flexheads.config import Pose2DData, RunConfig
 from flexheads.data import synthetic_coco
+from flexheads.data.prepared import open_prepared, seal
 from flexheads.data.coco import (
     FLIP_PAIRS, KEYPOINT_NAMES, SKELETON, CocoFormatError, PersonRecord, download_coco, load_person_keypoints,
 )
+from flexheads.errors import DataError
 from flexheads.io import atomic_path, replace_with_symlink, write_json
 from flexheads.metrics import pose2d as metrics
 from flexheads.models.pose2d import KeypointPrediction, KeypointTransformer, Pose2DConfig, heatmap_targets
@@ -192,6 +194,7 @@ def prepare(data: Pose2DData, raw_dir: Path, out_h5: Path, stats_json: Path) -> 
             if group_name == "val":
                 group.create_dataset("coco_gt_json", data=np.frombuffer(annotation_json.read_bytes(), np.uint8),
                                      compression="gzip")
+        stats["content_sha256"] = seal(h5, "pose2d")  # checkpoints resume only on this content
     write_json(stats_json, stats)
     return stats
 
@@ -271,9 +274,9 @@ class _CropWriter:
 
 
 def _read_split(h5_path: Path, split: str, names: Iterable[str]) -> dict[str, np.ndarray]:
-    with h5py.File(h5_path, "r") as h5:
+    with open_prepared(h5_path, "pose2d") as h5:
         if split not in h5:
-            raise KeyError(f"{h5_path}: no '{split}' group; rerun `flexheads prepare pose2d`")
+            raise DataError(f"{h5_path}: no '{split}' group; rerun `flexheads prepare pose2d`")
         return {name: h5[split][name][:] for name in names}
 
 
@@ -285,7 +288,7 @@ ARCHITECTURES = {  # class name saved in model.pt → its constructor (a saved m
 def build_model(config: RunConfig, h5_path: Path) -> KeypointTransformer:
     """The run's keypoint transformer, sized for the crops ``prepare`` wrote (``data.pose2d.crop_size``)."""
     m = config.model
-    with h5py.File(h5_path, "r") as h5:
+    with open_prepared(h5_path, "pose2d") as h5:
         crop_size = tuple(int(v) for v in h5.attrs["crop_size"])
     return KeypointTransformer(Pose2DConfig(
         input_size=crop_size, backbone=m.backbone, backbone_stride=m.backbone_stride, pretrained=m.pretrained,
@@ -454,7 +457,7 @@ def validation(h5_path: Path, config: RunConfig) -> Callable[[nn.Module, torch.d
     image order is unrelated to content).  It only draws curves: nothing is chosen on it (no early stopping,
     no checkpoint selection).  The subset's crops and annotations are read once, here.
     """
-    with h5py.File(h5_path, "r") as h5:
+    with open_prepared(h5_path, "pose2d") as h5:
         val = h5["val"]
         n = _first_images(val["image_id"][:], VALIDATION_SAMPLES)
         images, affine, image_ids = val["images"][:n], val["affine"][:n].astype(np.float64), val["image_id"][:n]
@@ -491,7 +494,7 @@ def evaluate(model: nn.Module, h5_path: Path, stats: dict[str, Any], batch_size:
     """
     val = _read_split(h5_path, "val", ("images", "keypoints", "visible", "keypoints_image", "affine", "image_id",
                                        "bbox"))
-    with h5py.File(h5_path, "r") as h5:
+    with open_prepared(h5_path, "pose2d") as h5:
         gt_bytes = h5["val"]["coco_gt_json"][:].tobytes()
     height, width = val["images"].shape[1:3]
     to_pixels = np.array([width, height])

@@ -28,8 +28,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from flexheads.config import Pose3DData, RunConfig
+from flexheads.config import ParamsError, Pose3DData, RunConfig
 from flexheads.data import h36m, synthetic_h36m
+from flexheads.data.prepared import open_prepared, seal
+from flexheads.errors import DataError
 from flexheads.io import atomic_path, write_json
 from flexheads.metrics import pose3d as metrics
 from flexheads.models.baselines import MartinezConfig, MartinezMLP
@@ -55,7 +57,7 @@ def download(data: Pose3DData, out_dir: Path) -> dict[str, Path]:
         )
         expected = _raw_files(out_dir, data.keypoints)
         if not expected["2d"].exists():
-            raise FileNotFoundError(
+            raise ParamsError(
                 f"data.pose3d.keypoints is '{data.keypoints}' but the synthetic generator wrote "
                 f"{sorted(p.name for p in files.values())}; use 'gt', or 'synthetic_det' with "
                 f"data.pose3d.synthetic.noise_px > 0"
@@ -118,6 +120,7 @@ def prepare(data: Pose3DData, raw_dir: Path, out_h5: Path, stats_json: Path) -> 
                         )
                         chunk += 1
             stats["splits"][split] = writer.summary()
+        stats["content_sha256"] = seal(h5, "pose3d")  # checkpoints resume only on this content
     write_json(stats_json, stats)
     return stats
 
@@ -184,9 +187,9 @@ class Split:
 
     @classmethod
     def load(cls, h5_path: Path, split: str) -> Split:
-        with h5py.File(h5_path, "r") as h5:
+        with open_prepared(h5_path, "pose3d") as h5:
             if split not in h5:
-                raise KeyError(f"{h5_path}: no '{split}' group; rerun `flexheads prepare pose3d`")
+                raise DataError(f"{h5_path}: no '{split}' group; rerun `flexheads prepare pose3d`")
             g = h5[split]
             return cls(g["keypoints_2d"][:], g["pose_3d"][:], g["action"][:].astype(str), g["frame"][:], g["chunk"][:])
 
@@ -216,7 +219,7 @@ def build_model(config: RunConfig, h5_path: Path) -> PoseLifter | MartinezMLP:
             window=m.window, d_model=m.d_model, n_heads=m.n_heads, d_head=config.d_head, n_layers=m.n_layers,
             d_ff=m.d_ff, dropout=m.dropout, activation=m.activation, norm=config.regime.norm, init=config.regime.init,
         ))
-    with h5py.File(h5_path, "r") as h5:
+    with open_prepared(h5_path, "pose3d") as h5:
         stats = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in h5["train"].attrs.items()}
     model.input_norm.set_(stats["keypoints_2d_mean"], stats["keypoints_2d_std"])
     model.output_norm.set_(stats["pose_3d_mean"], stats["pose_3d_std"])
@@ -304,7 +307,7 @@ def validation(h5_path: Path, config: RunConfig) -> Callable[[nn.Module, torch.d
 
 def _input_pixels(h5_path: Path, split: str, row: int, keypoints_2d: np.ndarray) -> np.ndarray:
     """``keypoints_2d (17, 2)`` of ``row`` of ``split`` (normalised screen units) in its camera's pixels, float32."""
-    with h5py.File(h5_path, "r") as h5:
+    with open_prepared(h5_path, "pose3d") as h5:
         subject, camera = h5[split]["subject"][row].decode(), int(h5[split]["camera"][row])
     resolution = h36m.cameras(subject)[camera]
     return h36m.image_coordinates(keypoints_2d, resolution["res_w"], resolution["res_h"]).astype(np.float32)

@@ -1,0 +1,1 @@
+../../../src/flexheads/code_deps.py
