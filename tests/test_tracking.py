@@ -105,3 +105,30 @@ def test_a_finished_run_is_not_killed_by_a_stale_marker(tmp_path):
     marker.write_text(done.run_id)  # e.g. a marker restored by hand
     Tracker.open(uri, "report", "report", tags={}, params={}, marker=marker).finish()
     assert MlflowClient(uri).get_run(done.run_id).info.status == "FINISHED"
+
+
+def test_leftovers_of_a_dead_attempt_beside_a_complete_result_are_cleared(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from flexheads.config import load_params
+    from flexheads.stages import clear_abandoned_attempts
+
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    params = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
+    restored, in_progress = (tmp_path / "models" / run.name for run in params.runs()[:2])
+    for folder in (restored, in_progress):
+        folder.mkdir(parents=True)
+        (folder / "checkpoint.pt").write_bytes(b"resume state")
+        dead = Tracker.open(uri, "pose3d", folder.name, tags={}, params={}, marker=folder / "mlflow_run_id")
+    for name in ("model.pt", "train.json"):  # e.g. restored by `dvc repro` from its run cache
+        (restored / name).write_text("complete")
+
+    assert clear_abandoned_attempts(params, tmp_path / "models") == [restored]
+    assert sorted(p.name for p in restored.iterdir()) == ["model.pt", "train.json"]
+    assert sorted(p.name for p in in_progress.iterdir()) == ["checkpoint.pt", "mlflow_run_id"]  # may still resume
+    client = MlflowClient(uri)
+    assert client.get_run(dead.run_id).info.status == "RUNNING"  # in_progress's run
+    statuses = {r.info.run_name: r.info.status for r in client.search_runs(
+        [client.get_experiment_by_name("pose3d").experiment_id])}
+    assert statuses == {restored.name: "KILLED", in_progress.name: "RUNNING"}

@@ -3,7 +3,7 @@
 An interrupted stage therefore leaves either the old file or none, never a half-written one that DVC or
 Snakemake would trust.  A temporary file is named ``.<target name>.partial-<random><suffix>``: DVC ignores the
 pattern (``.dvcignore``), so one left by a killed process never counts into a folder output, and the next write
-of the same target removes it.
+of the same target removes it.  A generator that fills a whole folder starts from :func:`empty_output_folder`.
 """
 
 from __future__ import annotations
@@ -90,6 +90,34 @@ def replace_with_symlink(src: Path, dst: Path) -> Path:
     os.symlink(os.path.relpath(src.resolve(), dst.parent.resolve()), tmp, target_is_directory=src.is_dir())
     os.replace(tmp, dst)
     return dst
+
+
+def empty_output_folder(folder: str | Path) -> Path:
+    """Make ``folder`` an existing, empty folder of its own: every entry in it is deleted, and nothing else.
+
+    A link in it (e.g. to a real download, or a hard link to a user's file) is unlinked, never followed; a
+    ``folder`` that is itself a symlink is replaced by a real folder rather than emptied through. A folder holding
+    the working directory or the home folder (``--out .`` by mistake) is refused.
+
+    Returns:
+        ``folder``.
+
+    Raises:
+        DataError: naming ``folder``, when it holds the working directory or the home folder.
+    """
+    folder = Path(folder)
+    if folder.is_symlink():
+        folder.unlink()
+    for kept in (Path.cwd(), Path.home()):
+        if kept.resolve().is_relative_to(folder.resolve()):
+            raise DataError(f"{folder}: refusing to empty a folder that holds {kept}; pass a folder of its own")
+    folder.mkdir(parents=True, exist_ok=True)
+    for entry in folder.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    return folder
 
 
 def read_json(path: str | Path) -> Any:

@@ -25,7 +25,6 @@ from flexheads.data.download import (
     DownloadError,
     UnsafeArchiveError,
     download_file,
-    empty_output_folder,
     file_digest,
     safe_extract,
 )
@@ -245,43 +244,6 @@ def test_file_digest(tmp_path: Path) -> None:
     path.write_bytes(PAYLOAD)
     assert file_digest(path) == _sha256(PAYLOAD)
     assert file_digest(path, "md5") == hashlib.md5(PAYLOAD).hexdigest()
-
-
-# --- output folders -------------------------------------------------------------------------------------------
-
-
-def test_empty_output_folder_deletes_only_its_own_entries(tmp_path: Path) -> None:
-    kept = tmp_path / "kept"
-    (kept / "sub").mkdir(parents=True)
-    (kept / "sub" / "file").write_text("kept")
-    out = tmp_path / "out"
-    (out / "deep" / "er").mkdir(parents=True)
-    (out / "deep" / "er" / ".half.tmp").write_text("x")
-    (out / "file").write_text("x")
-    (out / "to_folder").symlink_to(kept)
-    (out / "deep" / "to_file").symlink_to(kept / "sub" / "file")
-    (out / "dangling").symlink_to(tmp_path / "nowhere")
-    assert empty_output_folder(out) == out and list(out.iterdir()) == []
-    assert (kept / "sub" / "file").read_text() == "kept"
-
-
-def test_empty_output_folder_replaces_a_linked_folder_instead_of_emptying_through_it(tmp_path: Path) -> None:
-    (tmp_path / "real").mkdir()
-    (tmp_path / "real" / "data_3d_h36m.npz").write_text("a user's file")
-    (tmp_path / "out").symlink_to(tmp_path / "real")
-    empty_output_folder(tmp_path / "out")
-    assert not (tmp_path / "out").is_symlink() and list((tmp_path / "out").iterdir()) == []
-    assert (tmp_path / "real" / "data_3d_h36m.npz").read_text() == "a user's file"
-
-
-def test_empty_output_folder_refuses_the_working_directory_and_its_parents(tmp_path: Path, monkeypatch) -> None:
-    (tmp_path / "project" / "data").mkdir(parents=True)
-    monkeypatch.chdir(tmp_path / "project")
-    for folder in (Path("."), Path(".."), tmp_path, Path.home()):
-        with pytest.raises(DataError, match="refusing to empty"):
-            empty_output_folder(folder)
-    assert (tmp_path / "project" / "data").is_dir()
-    empty_output_folder("data")  # a folder below it is fine
 
 
 # --- extraction -----------------------------------------------------------------------------------------------

@@ -3,8 +3,6 @@
 * ``download_file`` streams into ``<dest>.part``, resumes a partial file with an HTTP ``Range`` request, checks
   size and digests, and only then renames onto ``dest``: a file at ``dest`` is always complete and verified
   (when checksums were given), so a killed stage never leaves something DVC or Snakemake would trust.
-* ``empty_output_folder`` clears the folder a synthetic generator is about to fill, so an interrupted or
-  other-seed run leaves nothing behind that could mix with the new one; it never deletes through a link.
 * ``safe_extract`` refuses, before writing anything, any member that would land outside the destination
   (absolute paths, ``..``, links out, device files), judged against the destination as it is on disk, links that
   earlier archives left there included; it extracts into a temporary folder beside the destination, moving the
@@ -43,7 +41,6 @@ __all__ = [
     "RemoteFile",
     "UnsafeArchiveError",
     "download_file",
-    "empty_output_folder",
     "file_digest",
     "safe_extract",
 ]
@@ -244,34 +241,6 @@ def _fetch(
 
 
 # --- output folders -------------------------------------------------------------------------------------------
-
-
-def empty_output_folder(folder: str | Path) -> Path:
-    """Make ``folder`` an existing, empty folder of its own: every entry in it is deleted, and nothing else.
-
-    A link in it (e.g. to a real download, or a hard link to a user's file) is unlinked, never followed; a
-    ``folder`` that is itself a symlink is replaced by a real folder rather than emptied through. A folder holding
-    the working directory or the home folder (``--out .`` by mistake) is refused.
-
-    Returns:
-        ``folder``.
-
-    Raises:
-        DataError: naming ``folder``, when it holds the working directory or the home folder.
-    """
-    folder = Path(folder)
-    if folder.is_symlink():
-        folder.unlink()
-    for kept in (Path.cwd(), Path.home()):
-        if kept.resolve().is_relative_to(folder.resolve()):
-            raise DataError(f"{folder}: refusing to empty a folder that holds {kept}; pass a folder of its own")
-    folder.mkdir(parents=True, exist_ok=True)
-    for entry in folder.iterdir():
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry)
-        else:
-            entry.unlink()
-    return folder
 
 
 # --- extraction -----------------------------------------------------------------------------------------------

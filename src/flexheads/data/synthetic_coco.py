@@ -50,9 +50,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from flexheads.data.coco import KEYPOINT_NAMES, SKELETON
-from flexheads.data.download import empty_output_folder
 from flexheads.data.motion import ACTION_NAMES, generate_sequence, sample_subject
-from flexheads.io import atomic_path
+from flexheads.io import atomic_path, empty_output_folder
 
 __all__ = [
     "BACKGROUND",

@@ -71,8 +71,7 @@ from flexheads.data.cxr import (
     BBOX_LABELS, COVID_DIR, COVID_IMAGES_DIR, COVID_METADATA, COVID_METADATA_COLUMNS, LABELS, MASKS_DIR, NIH_BBOX_CSV,
     NIH_COLUMNS_2020, NIH_CSV, NIH_DIR, NIH_IMAGES_DIR, NIH_TEST_LIST, NIH_TRAIN_VAL_LIST,
 )
-from flexheads.data.download import empty_output_folder
-from flexheads.io import atomic_path
+from flexheads.io import atomic_path, empty_output_folder
 
 __all__ = ["Rendering", "Study", "generate", "render", "sample_cohort"]
 

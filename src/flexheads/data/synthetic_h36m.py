@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from flexheads.data import h36m
-from flexheads.data.download import empty_output_folder
 from flexheads.data.motion import generate_sequence, sample_subject
+from flexheads.io import empty_output_folder
 
 __all__ = ["DETECTIONS", "detect", "embed_markers", "generate", "project"]
 

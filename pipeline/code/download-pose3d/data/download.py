@@ -1,1 +1,0 @@
-../../../../src/flexheads/data/download.py
