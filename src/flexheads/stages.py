@@ -4,15 +4,18 @@ Each takes its input and output paths as arguments (the CLI fills them in from S
 writes every output atomically.  Outputs of ``train_run`` under ``models/<run>/``:
 
 * ``model.pt``: weights + model config + run config (load with ``weights_only=True``);
-* ``train.json``: MLflow run id, parameter count, wall time, final loss, params hash, git commit;
+* ``train.json``: MLflow run id, parameter count, wall time, final loss, and the run's fingerprint: params hash,
+  prepared data's content hash (``data_sha256``), training code's hash (``code_sha256``);
 * ``history.csv``: per-step loss, lr, grad norm (training curves), and ``val_<main metric>`` (e.g. ``val_mpjpe``)
   every ``train.<task>.eval_every`` steps and at the last step, the task's ``validation`` subset (validation
   curves; empty cells at the other steps, no column with ``eval_every: 0``);
 * ``grad_histograms.json``: log10|grad| histograms at the snapshot steps (figure 3.16).
 
-``checkpoint.pt`` lives there while a run is in progress and is removed once ``model.pt`` is written.
-With tracking enabled the MLflow run also holds the run config and the heads actually built (``head_params``) as
-params, MLflow's source tags, the curves, and ``model.pt`` as artifact ``model/model.pt``.
+``checkpoint.pt`` (and ``mlflow_run_id``, with tracking) live there while a run is in progress and are removed
+once ``model.pt`` is written; a checkpoint resumes only under the same fingerprint.  ``evaluate_run`` refuses a
+model folder whose run, params or prepared data are not the ones it evaluates.  With tracking enabled the MLflow
+run also holds the run config and the heads actually built (``head_params``) as params, MLflow's source tags, the
+DVC stage and Snakemake rule (``stage_tags``), the curves, and ``model.pt`` as artifact ``model/model.pt``.
 Outputs of ``evaluate_run``: ``metrics/<run>.json`` (headline metrics on the test split) and under
 ``metrics/<run>/`` the task's tables (the task's ``evaluate`` docstring has their contracts):
 
@@ -25,7 +28,6 @@ Outputs of ``evaluate_run``: ``metrics/<run>.json`` (headline metrics on the tes
 
 from __future__ import annotations
 
-import json
 import math
 import pickle
 from pathlib import Path
@@ -214,7 +216,8 @@ def _check_run_config(path: Path, saved: dict[str, Any], expected: RunConfig) ->
         raise WrongModel(f"{path}: trained for run {trained}, not {expected.run.name}; pass that run's own folder "
                          f"(models/{expected.run.name})")
     flat_saved, flat_wanted = flatten(saved), flatten(wanted)
-    differ = sorted(key for key in flat_saved.keys() | flat_wanted.keys() if flat_saved.get(key) != flat_wanted.get(key))
+    differ = sorted(key for key in flat_saved.keys() | flat_wanted.keys()
+                    if flat_saved.get(key) != flat_wanted.get(key))
     if differ:
         raise WrongModel(f"{path}: trained with other params than params.yaml's for {expected.run.name} "
                          f"({', '.join(differ[:5])}{', ...' if len(differ) > 5 else ''}); rerun `flexheads train`")

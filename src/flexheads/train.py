@@ -267,8 +267,9 @@ def _divergence(name: str, problem: str, checkpoint: Path, last_saved: int) -> T
 def _require_finite(name: str, model: nn.Module, optimizer: torch.optim.Optimizer, step: int, checkpoint: Path,
                     last_saved: int) -> None:
     """Raise ``TrainingDiverged`` rather than checkpoint a non-finite weight or optimiser state (an overflow)."""
-    tensors = [*model.state_dict().items(),
-               *((f"optimizer state {key}", value) for state in optimizer.state.values() for key, value in state.items())]
+    optimizer_state = [(f"optimizer state {key}", value) for state in optimizer.state.values()
+                       for key, value in state.items()]
+    tensors = [*model.state_dict().items(), *optimizer_state]
     bad = next((key for key, t in tensors if torch.is_tensor(t) and t.is_floating_point()
                 and not torch.isfinite(t).all()), None)
     if bad is not None:

@@ -240,9 +240,6 @@ def _fetch(
         raise ConnectionError(f"connection closed after {received} of {total} bytes")
 
 
-# --- output folders -------------------------------------------------------------------------------------------
-
-
 # --- extraction -----------------------------------------------------------------------------------------------
 
 _MAX_LINK_HOPS = 40  # as the kernel's ELOOP limit: a chain longer than this is a loop
