@@ -25,7 +25,7 @@ NEW_SEED = 7  # data.pose3d.synthetic.seed after the change
 
 
 def pose3d_runs(raw: dict) -> None:
-    raw["experiment"].update(tasks=["pose3d"], attention=["standard", "flexible"], regimes=["noam"])
+    raw["experiment"].update(tasks=["pose3d"], attention=["standard"], regimes=["noam"])
     raw["train"]["pose3d"].update(steps=20, checkpoint_every=10, log_every=5)
 
 
