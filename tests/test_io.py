@@ -3,12 +3,14 @@ and output folders emptied without deleting through a link."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
+import torch
 
 from flexheads.errors import DataError
-from flexheads.io import atomic_path, empty_output_folder, partial_prefix, write_text
+from flexheads.io import atomic_path, empty_output_folder, load_torch, partial_prefix, write_text
 
 
 def test_success_renames_and_leaves_nothing_else(tmp_path: Path) -> None:
@@ -71,3 +73,24 @@ def test_empty_output_folder_refuses_the_working_directory_and_its_parents(tmp_p
             empty_output_folder(folder)
     assert (tmp_path / "project" / "data").is_dir()
     empty_output_folder("data")  # a folder below it is fine
+
+
+def _torch_bytes(obj: object) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(("content", "reason"), [
+    (b"", "not a model file (EOFError"),  # an empty file
+    (_torch_bytes(Path("x")), "not a model file (not a torch file"),  # an object beyond tensors: never unpickled
+    (_torch_bytes({"w": torch.ones(3)})[:200], "not a model file (PytorchStreamReader"),  # a file cut short
+])
+def test_load_torch_names_the_file_and_never_advises_an_unsafe_load(tmp_path: Path, content: bytes,
+                                                                    reason: str) -> None:
+    path = tmp_path / "model.pt"
+    path.write_bytes(content)
+    with pytest.raises(DataError) as err:
+        load_torch(path, "a model file")
+    assert str(err.value).startswith(f"{path}: {reason}")
+    assert "weights_only" not in str(err.value) and "\n" not in str(err.value)

@@ -12,6 +12,7 @@ import glob
 import io
 import json
 import os
+import pickle
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -75,6 +76,24 @@ def save_torch(path: str | Path, obj: Any) -> None:
     torch.save(obj, buffer)
     with atomic_path(path) as tmp:
         tmp.write_bytes(buffer.getbuffer())
+
+
+def load_torch(path: str | Path, what: str, map_location: Any = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)``: tensors and plain containers only, so no code from the file runs.
+
+    Raises:
+        DataError: ``path`` is not ``what`` (e.g. "a checkpoint"): unreadable, truncated, or holding other objects.
+    """
+    import torch
+
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:  # torch's own text advises weights_only=False: never repeat that
+        raise DataError(f"{path}: not {what} (not a torch file, or one holding more than tensors and plain "
+                        "containers)") from None
+    except (RuntimeError, OSError, EOFError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise DataError(f"{path}: not {what} ({reason})") from None
 
 
 def replace_with_symlink(src: Path, dst: Path) -> Path:

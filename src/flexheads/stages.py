@@ -29,7 +29,6 @@ Outputs of ``evaluate_run``: ``metrics/<run>.json`` (headline metrics on the tes
 from __future__ import annotations
 
 import math
-import pickle
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -42,7 +41,7 @@ from flexheads.code_deps import code_hash
 from flexheads.config import Params, Run, RunConfig, flatten, rule_name
 from flexheads.data.prepared import prepared_hash
 from flexheads.errors import DataError, WrongModel
-from flexheads.io import atomic_path, read_json, save_torch, write_json
+from flexheads.io import atomic_path, load_torch, read_json, save_torch, write_json
 from flexheads.nn import MultiHeadAttention
 from flexheads.tasks import task_module
 from flexheads.train import CHECKPOINT, GRAD_BINS, checkpoint_matches, fit, pick_device, seed_everything
@@ -190,11 +189,7 @@ def load_model(path: Path, architectures: Mapping[str, Callable[[dict], nn.Modul
     """
     if not path.is_file():
         raise DataError(f"{path}: model file not found; run `flexheads train` for it first")
-    try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as err:
-        raise DataError(f"{path}: not a model file written by `flexheads train` "
-                        f"({str(err).splitlines()[0] if str(err) else type(err).__name__})") from None
+    saved = load_torch(path, "a model file written by `flexheads train`")
     if not isinstance(saved, dict) or not {"model", "architecture", "model_config", "run_config"} <= saved.keys():
         raise DataError(f"{path}: not a model file written by `flexheads train` (keys missing)")
     if saved["architecture"] not in architectures:

@@ -13,7 +13,6 @@ Progress shows as a tqdm bar on a terminal and, when stderr is a log file (Snake
 from __future__ import annotations
 
 import math
-import pickle
 import sys
 import time
 from dataclasses import dataclass
@@ -25,8 +24,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from flexheads.config import RunConfig
-from flexheads.errors import TrainingDiverged
-from flexheads.io import save_torch
+from flexheads.errors import DataError, TrainingDiverged
+from flexheads.io import load_torch, save_torch
 from flexheads.optim.optimizers import build_optimizer
 from flexheads.optim.schedules import lr_at
 
@@ -219,15 +218,15 @@ def checkpoint_matches(path: Path, fingerprint: Mapping[str, str]) -> bool:
     if not path.exists():
         return False
     try:
-        written_under = torch.load(path, map_location="cpu", weights_only=True).get("fingerprint", {})
-    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as err:
-        reason = f"unreadable ({str(err).splitlines()[0] if str(err) else type(err).__name__})"
+        written_under = load_torch(path, "a checkpoint").get("fingerprint", {})
+    except DataError as err:
+        reason = str(err)
     else:
         differ = [FINGERPRINT_PARTS.get(key, key) for key in fingerprint if written_under.get(key) != fingerprint[key]]
         if not differ:
             return True
-        reason = "written for other " + " and ".join(differ)
-    print(f"{path}: {reason}; deleted, training starts from step 0", file=sys.stderr, flush=True)
+        reason = f"{path}: written for other " + " and ".join(differ)
+    print(f"{reason}; deleted, training starts from step 0", file=sys.stderr, flush=True)
     path.unlink()
     return False
 
@@ -243,7 +242,7 @@ def _resume_state(
     """The checkpoint's state if it was written under this very fingerprint; a fresh start otherwise."""
     if not checkpoint_matches(path, fingerprint):
         return _fresh_state(fingerprint)
-    payload = torch.load(path, map_location=device, weights_only=True)
+    payload = load_torch(path, "a checkpoint", map_location=device)
     model.load_state_dict(payload["model"])
     optimizer.load_state_dict(payload["optimizer"])
     torch.set_rng_state(payload["rng_cpu"].cpu())
