@@ -41,10 +41,17 @@ def write_complete(build: Path, text: str) -> None:
 # --- building(): the swap on its own ---------------------------------------------------------------------
 
 
-def test_a_complete_build_replaces_every_output(tmp_path: Path) -> None:
+@pytest.fixture
+def old_report(tmp_path: Path) -> Path:
+    """A complete report folder, every output holding "old"."""
     out = tmp_path / "reports"
     with building(out) as build:
         write_complete(build, "old")
+    return out
+
+
+def test_a_complete_build_replaces_every_output(old_report: Path) -> None:
+    out = old_report
     (out / "tables" / "gone.md").write_text("a table the new report no longer has")
     (out / "notes.txt").write_text("not a report output")
 
@@ -57,11 +64,8 @@ def test_a_complete_build_replaces_every_output(tmp_path: Path) -> None:
     assert hidden(out) == []
 
 
-def test_a_failed_build_leaves_the_old_report_and_no_build_folder(tmp_path: Path) -> None:
-    out = tmp_path / "reports"
-    with building(out) as build:
-        write_complete(build, "old")
-    before = files(out)
+def test_a_failed_build_leaves_the_old_report_and_no_build_folder(old_report: Path) -> None:
+    out, before = old_report, files(old_report)
 
     with pytest.raises(OSError, match="disk full"), building(out) as build:
         (build / "tables").mkdir()
@@ -72,11 +76,8 @@ def test_a_failed_build_leaves_the_old_report_and_no_build_folder(tmp_path: Path
     assert hidden(out) == []
 
 
-def test_an_incomplete_build_is_not_swapped_in(tmp_path: Path) -> None:
-    out = tmp_path / "reports"
-    with building(out) as build:
-        write_complete(build, "old")
-    before = files(out)
+def test_an_incomplete_build_is_not_swapped_in(old_report: Path) -> None:
+    out, before = old_report, files(old_report)
 
     with pytest.raises(RuntimeError, match=r"lacks \['plots', 'index.html'\]"), building(out) as build:
         for name in ("tables", "figures"):

@@ -92,8 +92,12 @@ def load_torch(path: str | Path, what: str, map_location: Any = "cpu") -> Any:
         raise DataError(f"{path}: not {what} (not a torch file, or one holding more than tensors and plain "
                         "containers)") from None
     except (RuntimeError, OSError, EOFError) as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise DataError(f"{path}: not {what} ({reason})") from None
+        raise DataError(f"{path}: not {what} ({first_line(err)})") from None
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none), for one-line errors."""
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
 
 
 def replace_with_symlink(src: Path, dst: Path) -> Path:

@@ -19,6 +19,7 @@ import h5py
 import numpy as np
 
 from flexheads.errors import DataError
+from flexheads.io import first_line
 
 CONTENT_HASH = "content_sha256"
 TASK = "task"
@@ -40,7 +41,7 @@ def open_prepared(path: str | Path, task: str | None = None) -> Iterator[h5py.Fi
     try:
         h5 = h5py.File(path, "r")
     except OSError as err:
-        raise DataError(f"{path}: not a readable HDF5 file ({_first_line(err)}); {redo}") from None
+        raise DataError(f"{path}: not a readable HDF5 file ({first_line(err)}); {redo}") from None
     with h5:
         if task is not None and h5.attrs.get(TASK) != task:
             found = h5.attrs.get(TASK)
@@ -49,7 +50,7 @@ def open_prepared(path: str | Path, task: str | None = None) -> Iterator[h5py.Fi
         try:
             yield h5
         except OSError as err:  # h5py reports a dataset cut short by a truncated file as OSError
-            raise DataError(f"{path}: unreadable data ({_first_line(err)}); {redo}") from None
+            raise DataError(f"{path}: unreadable data ({first_line(err)}); {redo}") from None
 
 
 def seal(h5: h5py.File, task: str) -> str:
@@ -101,7 +102,3 @@ def _add_dataset(digest: "hashlib._Hash", dataset: h5py.Dataset) -> None:
             digest.update(b"\0".join(v if isinstance(v, bytes) else str(v).encode() for v in block.ravel()))
         else:
             digest.update(np.ascontiguousarray(block).tobytes())
-
-
-def _first_line(err: BaseException) -> str:
-    return str(err).splitlines()[0] if str(err) else type(err).__name__
