@@ -20,15 +20,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from flexheads.data.download import (
-    ChecksumError,
-    DownloadError,
-    UnsafeArchiveError,
-    download_file,
-    file_digest,
-    safe_extract,
-)
-from flexheads.errors import DataError
+from flexheads.data.download import ChecksumError, DownloadError, download_file, file_digest
+from flexheads.data.extract import UnsafeArchiveError, safe_extract
 
 PAYLOAD = bytes(range(256)) * 40 + b"tail"  # 10 KiB: several chunks at chunk_size=1024
 FAST = {"chunk_size": 1024, "timeout": 5, "backoff": 0.0, "progress": False}
@@ -403,13 +396,13 @@ def test_an_existing_link_to_outside_is_not_written_through(
 
 def test_merging_never_follows_a_link_to_outside(tmp_path: Path, tar_filter: str, monkeypatch) -> None:
     """The move into place re-checks links: a link swapped in after the checks is not written through either."""
-    import flexheads.data.download as download
+    import flexheads.data.extract as extract
 
     outside, dest = tmp_path / "outside", tmp_path / "work" / "out"
     outside.mkdir()
     dest.mkdir(parents=True)
     (dest / "out").symlink_to(outside)
-    monkeypatch.setattr(download, "_check_paths", lambda *args: None)
+    monkeypatch.setattr(extract, "_check_paths", lambda *args: None)
     with pytest.raises(UnsafeArchiveError, match="a.tar.gz.*'out'"):
         safe_extract(_tar(tmp_path / "a.tar.gz", [("out/EVIL", b"x", None)]), dest, progress=False)
     assert list(outside.iterdir()) == []

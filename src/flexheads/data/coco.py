@@ -17,6 +17,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,8 @@ from PIL import Image
 from pycocotools.coco import COCO
 
 from flexheads.errors import DataError
-from flexheads.data.download import RemoteFile, download_file, safe_extract
-from flexheads.io import read_json_object, write_json
+from flexheads.data.download import RemoteFile, download_file
+from flexheads.data.extract import extract_once
 
 __all__ = [
     "COCO_BASE_URL",
@@ -126,15 +127,10 @@ def download_coco(
         raise ValueError(f"unknown COCO files {unknown}; known: {sorted(catalog)}")
     for name in files:
         remote = catalog[name]
-        url = _on_mirror(remote.url, base_url)
-        marker = root / f"{name}.extracted.json"
         record = {"url": remote.url, "size": remote.size, "md5": remote.md5}
-        if marker.is_file() and _read_marker(marker) == record:
-            continue
-        archive = download_file(url, root / name, md5=remote.md5, sha256=remote.sha256, size=remote.size,
-                                progress=progress)
-        extracted = safe_extract(archive, root, progress=progress)
-        write_json(marker, {**record, "files": len(extracted)})
+        fetch = partial(download_file, _on_mirror(remote.url, base_url), root / name, md5=remote.md5,
+                        sha256=remote.sha256, size=remote.size, progress=progress)
+        extract_once(root, name, record, fetch, progress=progress)
     return root
 
 
@@ -143,11 +139,6 @@ def _on_mirror(url: str, base_url: str) -> str:
     if url.startswith(COCO_BASE_URL + "/"):
         return base_url.rstrip("/") + url[len(COCO_BASE_URL):]
     return url
-
-
-def _read_marker(marker: Path) -> dict[str, Any]:
-    data = read_json_object(marker)
-    return {key: data.get(key) for key in ("url", "size", "md5")}
 
 
 # --- loading --------------------------------------------------------------------------------------------------

@@ -11,6 +11,9 @@ Files (Pavllo et al. 2019, ``data/prepare_data_h36m.py``):
 Sequence names are the capture's (``'Walking 1'``, ``'Photo'``, ``'WalkDog 1'``); ``action_label`` maps them
 onto the 15 ``ACTIONS``.  Every loader failure is an ``H36MFormatError`` naming the file, the sequence, and what
 was expected versus found.
+
+The module is longer than ~400 lines because a hundred of them are the published camera calibration (data, not
+code); the rest is the one dataset's skeleton, projection and files, which its callers use together.
 """
 
 from __future__ import annotations

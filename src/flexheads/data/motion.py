@@ -11,6 +11,9 @@ frame so the lower foot stands on the floor, which lowers the pelvis by itself w
 Motions are sums of sinusoids and raised-cosine pulses (smooth, no jumps) with per-sequence tempo, amplitude,
 phase, heading and position drawn from the caller's generator, plus a few degrees of slow noise on every degree
 of freedom, so no two sequences are alike.
+
+The module is longer than ~400 lines because it holds the recipes of all 15 actions (short functions over shared
+private primitives, listed in one table); adding an action means adding one recipe here.
 """
 
 from __future__ import annotations
