@@ -4,9 +4,7 @@ import numpy as np
 import pytest
 
 from flexheads.metrics.pose3d import (
-    action_wise_mean,
     auc3d,
-    grouped_mean,
     mjae,
     mpjpe,
     mpjpe_per_joint,
@@ -187,19 +185,3 @@ def test_mjae_parents_length_must_equal_joints():
         mjae(poses, poses, CHAIN_PARENTS[:-1])
     with pytest.raises(ValueError, match="parents must be -1"):
         mjae(poses, poses, [-1] + [N_JOINTS] * (N_JOINTS - 1))
-
-
-def test_grouped_mean_per_label():
-    assert grouped_mean(np.array([1.0, 2.0, 3.0, 10.0]), ["walk", "walk", "sit", "sit"]) == {
-        "walk": 1.5,
-        "sit": 6.5,
-    }
-    with pytest.raises(ValueError, match="N group labels"):
-        grouped_mean(np.array([1.0, 2.0]), ["walk"])
-
-
-def test_action_wise_mean_is_unweighted():
-    by_action = grouped_mean(np.array([1.0, 1.0, 1.0, 5.0]), ["a", "a", "a", "b"])
-    assert action_wise_mean(by_action) == 3.0  # frame-weighted would be 2.0
-    with pytest.raises(ValueError, match="at least one action"):
-        action_wise_mean({})

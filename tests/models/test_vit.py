@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from flexheads.models.vit import VisionTransformer, ViTConfig
+from flexheads.nn import EncoderConfig
 
 B, S, P, D_MODEL, H, N_LAYERS = 3, 16, 4, 32, 4, 2
 NORMS = ["post", "pre", "none"]
@@ -20,10 +21,12 @@ def _seed():
 
 def make_config(norm: str = "post", d_head: int | None = None, **overrides) -> ViTConfig:
     """A small ViT; ``norm='none'`` goes with T-Fixup, as the tfixup regime pairs them."""
-    settings = {"image_size": S, "patch_size": P, "d_model": D_MODEL, "n_heads": H, "d_head": d_head,
-                "n_layers": N_LAYERS, "d_ff": 64, "dropout": 0.0, "norm": norm,
-                "init": "tfixup" if norm == "none" else "xavier"}  # fmt: skip
-    return ViTConfig(**{**settings, **overrides})
+    encoder = {"d_model": D_MODEL, "n_heads": H, "d_head": d_head, "n_layers": N_LAYERS, "d_ff": 64, "dropout": 0.0,
+               "activation": "gelu", "norm": norm, "init": "tfixup" if norm == "none" else "xavier"}
+    settings = {"image_size": S, "patch_size": P, "in_channels": 1, "n_classes": 15}
+    encoder |= {k: v for k, v in overrides.items() if k in encoder}
+    settings |= {k: v for k, v in overrides.items() if k not in encoder}
+    return ViTConfig(**settings, encoder=EncoderConfig(**encoder))
 
 
 def images(n: int = B) -> torch.Tensor:
@@ -53,7 +56,7 @@ def test_fused_and_explicit_attention_agree():
 def test_config_grid_round_trip_and_validation():
     config = make_config(d_head=7)
     assert config.grid == (S // P, S // P)
-    assert ViTConfig(**config.to_dict()) == config
+    assert ViTConfig.from_dict(config.to_dict()) == config
     with pytest.raises(ValueError, match="must divide"):
         make_config(image_size=18)
     with pytest.raises(ValueError, match="init"):

@@ -7,14 +7,14 @@ from torch import nn
 from flexheads.nn import (
     LearnedPositionalEncoding,
     MultiHeadAttention,
-    TransformerDecoder,
     TransformerEncoder,
+    init_weights,
     t_fixup_,
     xavier_,
 )
 
 D_MODEL, H, D_HEAD, D_FF = 64, 4, 24, 256  # inner = 96 != d_model: the fan convention matters
-N_E, N_D = 3, 2
+N_E = 3
 
 
 @pytest.fixture(autouse=True)
@@ -35,7 +35,7 @@ def assert_uniform(w: torch.Tensor, bound: float) -> None:
 
 
 class Model(nn.Module):
-    """Pose-lifter-like toy: input projection `embed`, positions, token table, encoder, decoder, head."""
+    """Pose-lifter-like toy: input projection `embed`, positions, token table, encoder, head."""
 
     def __init__(self, norm: str = "none") -> None:
         super().__init__()
@@ -43,7 +43,6 @@ class Model(nn.Module):
         self.pos = LearnedPositionalEncoding(17, D_MODEL)
         self.queries = nn.Embedding(17, D_MODEL)
         self.encoder = TransformerEncoder(N_E, D_MODEL, H, D_HEAD, D_FF, norm=norm)
-        self.decoder = TransformerDecoder(N_D, D_MODEL, H, D_HEAD, D_FF, norm=norm)
         self.head = nn.Linear(D_MODEL, 3)
 
 
@@ -76,23 +75,19 @@ def test_xavier_covers_norms_and_embeddings():
 
 def test_t_fixup_factors():
     model = Model()
-    t_fixup_(model, N_E, N_D)
+    t_fixup_(model, N_E)
     enc_factor = 0.67 * N_E**-0.25
-    dec_factor = (9 * N_D) ** -0.25
-    embed_factor = (9 * N_D) ** -0.25  # N = N_d when there is a decoder
+    embed_factor = (9 * N_E) ** -0.25
     qk_gain = 2**-0.5
 
-    for layer, factor, attns in [
-        *[(layer, enc_factor, [layer.self_attn]) for layer in model.encoder.layers],
-        *[(layer, dec_factor, [layer.self_attn, layer.cross_attn]) for layer in model.decoder.layers],
-    ]:
+    for layer in model.encoder.layers:
         for fc in (layer.mlp.fc1, layer.mlp.fc2):
-            assert_uniform(fc.weight, xavier_bound(fc) * factor)
-        for attn in attns:
-            assert_uniform(attn.q_proj.weight, xavier_bound(attn.q_proj) * qk_gain)
-            assert_uniform(attn.k_proj.weight, xavier_bound(attn.k_proj) * qk_gain)
-            assert_uniform(attn.v_proj.weight, xavier_bound(attn.v_proj) * qk_gain * factor * math.sqrt(2))
-            assert_uniform(attn.out_proj.weight, xavier_bound(attn.out_proj) * factor)
+            assert_uniform(fc.weight, xavier_bound(fc) * enc_factor)
+        attn = layer.self_attn
+        assert_uniform(attn.q_proj.weight, xavier_bound(attn.q_proj) * qk_gain)
+        assert_uniform(attn.k_proj.weight, xavier_bound(attn.k_proj) * qk_gain)
+        assert_uniform(attn.v_proj.weight, xavier_bound(attn.v_proj) * qk_gain * enc_factor * math.sqrt(2))
+        assert_uniform(attn.out_proj.weight, xavier_bound(attn.out_proj) * enc_factor)
 
     assert_uniform(model.embed.weight, xavier_bound(model.embed) * embed_factor)
     assert_uniform(model.head.weight, xavier_bound(model.head))
@@ -118,21 +113,48 @@ def test_t_fixup_encoder_only_uses_n_e_and_conv_embed():
 @pytest.mark.parametrize("norm", ["pre", "post"])
 def test_t_fixup_rejects_layernorm(norm):
     with pytest.raises(ValueError, match="LayerNorm"):
-        t_fixup_(Model(norm=norm), N_E, N_D)
+        t_fixup_(Model(norm=norm), N_E)
 
 
-@pytest.mark.parametrize("counts", [(N_E, 0), (N_E + 1, N_D), (0, N_D)])
-def test_t_fixup_rejects_wrong_layer_counts(counts):
+@pytest.mark.parametrize("n_layers", [N_E + 1, N_E - 1, 0])
+def test_t_fixup_rejects_wrong_layer_counts(n_layers):
     with pytest.raises(ValueError, match="EncoderLayer"):
-        t_fixup_(Model(), *counts)
+        t_fixup_(Model(), n_layers)
 
 
 def test_t_fixup_model_trains():
     model = Model()
-    t_fixup_(model, N_E, N_D)
+    t_fixup_(model, N_E)
     x = model.embed(torch.randn(2, 17, 34))
-    memory, _ = model.encoder(model.pos(x))
-    queries = model.queries.weight.expand(2, -1, -1)
-    out, _ = model.decoder(queries, memory)
+    out, _ = model.encoder(model.pos(x) + model.queries.weight)
     model.head(out).square().mean().backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_init_weights_dispatches_to_the_named_scheme():
+    reference, model = Model(), Model()
+    torch.manual_seed(1)
+    t_fixup_(reference, N_E)
+    torch.manual_seed(1)
+    init_weights(model, "tfixup")  # counts the encoder layers itself
+    for (name, expected), got in zip(reference.state_dict().items(), model.state_dict().values()):
+        torch.testing.assert_close(got, expected, msg=name)
+    torch.manual_seed(2)
+    xavier_(reference)
+    torch.manual_seed(2)
+    init_weights(model, "xavier")
+    for (name, expected), got in zip(reference.state_dict().items(), model.state_dict().values()):
+        torch.testing.assert_close(got, expected, msg=name)
+    with pytest.raises(ValueError, match="init scheme"):
+        init_weights(model, "kaiming")
+
+
+def test_xavier_starts_a_conv_embedding_and_leaves_other_convs():
+    model = nn.Module()
+    model.trunk = nn.Conv2d(3, 8, kernel_size=3)
+    model.embed = nn.Conv2d(8, D_MODEL, kernel_size=2, stride=2)
+    before = model.trunk.weight.clone()
+    xavier_(model)
+    assert torch.equal(model.trunk.weight, before)
+    assert_uniform(model.embed.weight, math.sqrt(6 / (8 * 4 + D_MODEL * 4)))
+    assert (model.embed.bias == 0).all()

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from flexheads.nn import LearnedPositionalEncoding, SinusoidalPositionalEncoding, sinusoidal_encoding
+from flexheads.nn import LearnedPositionalEncoding, sinusoidal_encoding
 
 
 @pytest.mark.parametrize("d_model", [8, 500, 7])
@@ -20,20 +20,12 @@ def test_sinusoidal_values_at_hand_computed_positions(d_model):
     assert pe[2, 2 * i].item() == pytest.approx(math.sin(2 / 10000 ** (2 * i / d_model)))
 
 
-@pytest.mark.parametrize("cls", [SinusoidalPositionalEncoding, LearnedPositionalEncoding])
-def test_adds_the_first_n_rows(cls):
-    enc = cls(10, 6)
+def test_adds_the_first_n_rows():
+    enc = LearnedPositionalEncoding(10, 6)
     x = torch.randn(2, 4, 6)
-    table = enc.pe if cls is SinusoidalPositionalEncoding else enc.weight
-    torch.testing.assert_close(enc(x), x + table[:4])
+    torch.testing.assert_close(enc(x), x + enc.weight[:4])
     with pytest.raises(ValueError, match="max_len"):
         enc(torch.randn(2, 11, 6))
-
-
-def test_sinusoidal_buffer_is_not_checkpointed():
-    enc = SinusoidalPositionalEncoding(10, 6)
-    torch.testing.assert_close(enc.pe, sinusoidal_encoding(10, 6))
-    assert list(enc.state_dict()) == [] and list(enc.parameters()) == []
 
 
 def test_learned_table_init_and_gradient():

@@ -11,14 +11,12 @@ backend and explicit axes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 __all__ = [
-    "action_wise_mean",
     "auc3d",
-    "grouped_mean",
     "mjae",
     "mpjpe",
     "mpjpe_per_joint",
@@ -181,27 +179,3 @@ def mjae(pred: np.ndarray, gt: np.ndarray, parents: Sequence[int]) -> float:
     lengths = np.linalg.norm(bone_pred, axis=-1) * np.linalg.norm(bone_gt, axis=-1)
     cosine = _safe_divide((bone_pred * bone_gt).sum(axis=-1), lengths)
     return float(np.degrees(np.arccos(np.clip(cosine, -1.0, 1.0))).mean())
-
-
-def grouped_mean(values: np.ndarray, groups: Sequence[str]) -> dict[str, float]:
-    """Mean of a per-sample value for each group label (e.g. per action), in first-seen label order.
-
-    Args:
-        values: ``(N,)`` one value per sample (e.g. per-frame MPJPE in mm).
-        groups: ``N`` labels, ``groups[i]`` is the group of ``values[i]``.
-    """
-    values = np.asarray(values, dtype=np.float64)
-    labels = np.asarray(groups)
-    if values.ndim != 1 or labels.shape != values.shape:
-        raise ValueError(
-            f"need values (N,) and N group labels, got values {values.shape} and groups {labels.shape}"
-        )
-    return {str(g): float(values[labels == g].mean()) for g in dict.fromkeys(labels.tolist())}
-
-
-def action_wise_mean(errors_by_action: Mapping[str, float]) -> float:
-    """Unweighted mean over actions, ``mean_a error[a]``, as published Human3.6M tables report
-    (each action counts once, whatever its number of frames)."""
-    if not errors_by_action:
-        raise ValueError("errors_by_action must hold at least one action, got an empty mapping")
-    return float(np.mean(list(errors_by_action.values())))

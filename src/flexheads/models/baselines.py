@@ -7,23 +7,21 @@ standardised 2D pose → Linear(1024) → ``n_blocks`` residual blocks of two (L
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from torch import Tensor, nn
 
+from flexheads.models.config import ModelConfig
 from flexheads.models.standardise import Standardiser
 
 
 @dataclass(frozen=True)
-class MartinezConfig:
-    n_joints: int = 17
-    window: int = 1
-    hidden: int = 1024
-    n_blocks: int = 2
-    dropout: float = 0.5
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+class MartinezConfig(ModelConfig):
+    n_joints: int
+    window: int  # frames of 2D input, flattened together
+    hidden: int
+    n_blocks: int
+    dropout: float
 
 
 def _dense(hidden: int, dropout: float) -> nn.Sequential:

@@ -8,50 +8,35 @@ Inputs and outputs are standardised per joint with the training split's statisti
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from flexheads.models.config import ModelConfig
 from flexheads.models.standardise import Standardiser
-from flexheads.nn import LearnedPositionalEncoding, TransformerEncoder, t_fixup_, xavier_
+from flexheads.nn import EncoderConfig, LearnedPositionalEncoding, TransformerEncoder, init_weights
 
 
 @dataclass(frozen=True)
-class LifterConfig:
-    n_joints: int = 17
-    window: int = 1  # frames of 2D input per token (odd, centred on the target frame)
-    d_model: int = 128
-    n_heads: int = 8
-    d_head: int | None = None  # None: standard heads, d_model // n_heads wide
-    n_layers: int = 3
-    d_ff: int = 256
-    dropout: float = 0.1
-    activation: str = "gelu"
-    norm: str = "post"  # post | pre | none
-    init: str = "xavier"  # xavier | tfixup
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+class LifterConfig(ModelConfig):
+    n_joints: int
+    window: int  # frames of 2D input per token (odd, centred on the target frame)
+    encoder: EncoderConfig
 
 
 class PoseLifter(nn.Module):
     def __init__(self, config: LifterConfig) -> None:
         super().__init__()
         self.config = config
-        self.embed = nn.Linear(config.window * 2, config.d_model)  # named `embed`: T-Fixup scales it
-        self.joint_embed = LearnedPositionalEncoding(config.n_joints, config.d_model)
-        self.encoder = TransformerEncoder(
-            config.n_layers, config.d_model, config.n_heads, d_head=config.d_head, d_ff=config.d_ff,
-            dropout=config.dropout, activation=config.activation, norm=config.norm,
-        )
-        self.head = nn.Linear(config.d_model, 3)
+        d = config.encoder.d_model
+        self.embed = nn.Linear(config.window * 2, d)  # named `embed`: T-Fixup scales it
+        self.joint_embed = LearnedPositionalEncoding(config.n_joints, d)
+        self.encoder = TransformerEncoder.from_config(config.encoder)
+        self.head = nn.Linear(d, 3)
         self.input_norm = Standardiser(config.n_joints, 2)
         self.output_norm = Standardiser(config.n_joints, 3)
-        if config.init == "tfixup":
-            t_fixup_(self, n_encoder_layers=config.n_layers)
-        else:
-            xavier_(self)
+        init_weights(self, config.encoder.init)
 
     def forward(self, keypoints_2d: Tensor, need_weights: bool = False) -> tuple[Tensor, list[Tensor] | None]:
         """``(B, W, J, 2)`` screen-normalised 2D tracks → ``(B, J, 3)`` root-relative 3D (metres), attention maps."""

@@ -20,14 +20,15 @@ differentiable coordinates evaluated in image pixels with no argmax quantisation
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 import torchvision
 from torch import Tensor, nn
 
-from flexheads.nn import TransformerEncoder, sinusoidal_encoding, t_fixup_, xavier_
+from flexheads.models.config import ModelConfig
+from flexheads.nn import EncoderConfig, TransformerEncoder, init_weights, sinusoidal_encoding
 
 BACKBONES = {
     "resnet18": (torchvision.models.resnet18, torchvision.models.ResNet18_Weights.IMAGENET1K_V1),
@@ -40,22 +41,14 @@ TRUNK_MODULES = {4: 5, 8: 6, 16: 7}  # backbone_stride → modules of conv1, bn1
 
 
 @dataclass(frozen=True)
-class Pose2DConfig:
-    n_keypoints: int = 17  # COCO person keypoints, one query each
-    input_size: tuple[int, int] = (64, 48)  # crop height, width (COCO's 4:3 person aspect at a CPU-sized scale)
-    backbone: str = "resnet18"  # resnet18 | resnet34 | resnet50
-    backbone_stride: int = 8  # 8: cut after layer2, 16: after layer3
-    pretrained: bool = False  # ImageNet weights for the trunk (a network download); random init keeps runs offline
-    d_model: int = 128
-    n_heads: int = 8
-    d_head: int | None = None  # None: standard heads, d_model // n_heads wide
-    n_layers: int = 3  # encoder layers
-    d_ff: int = 256
-    dropout: float = 0.1
-    activation: str = "gelu"
-    norm: str = "post"  # post | pre | none
-    init: str = "xavier"  # xavier | tfixup (transformer part only; the trunk keeps torchvision's or ImageNet's)
-    flip_test: bool = True  # evaluation averages the crop's and its mirror's predictions (train.pose2d.flip_test)
+class Pose2DConfig(ModelConfig):
+    n_keypoints: int  # 17 COCO person keypoints, one heatmap each
+    input_size: tuple[int, int]  # crop height, width (data.pose2d.crop_size)
+    backbone: str  # resnet18 | resnet34 | resnet50
+    backbone_stride: int  # 4, 8 or 16: the trunk is cut after layer1, layer2 or layer3
+    pretrained: bool  # ImageNet weights for the trunk (a network download); random init keeps runs offline
+    flip_test: bool  # evaluation averages the crop's and its mirror's predictions (train.pose2d.flip_test)
+    encoder: EncoderConfig  # its init applies to the transformer part; the trunk keeps torchvision's or ImageNet's
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "input_size", tuple(self.input_size))  # a list after a JSON round trip
@@ -68,9 +61,6 @@ class Pose2DConfig:
     def grid(self) -> tuple[int, int]:
         """Token grid ``(rows, cols)``: each stride-2 stage of the trunk rounds an odd size up."""
         return tuple(math.ceil(side / self.backbone_stride) for side in self.input_size)  # type: ignore[return-value]
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class KeypointPrediction(NamedTuple):
@@ -129,23 +119,15 @@ class KeypointTransformer(nn.Module):
         self.config = config
         self.backbone, channels = resnet_trunk(config.backbone, config.pretrained and load_pretrained,
                                                config.backbone_stride)
-        self.embed = nn.Conv2d(channels, config.d_model, kernel_size=1)  # named `embed`: T-Fixup scales it
-        self.register_buffer("positions", sinusoidal_encoding_2d(*config.grid, config.d_model), persistent=False)
+        d = config.encoder.d_model
+        self.embed = nn.Conv2d(channels, d, kernel_size=1)  # named `embed`: T-Fixup scales it
+        self.register_buffer("positions", sinusoidal_encoding_2d(*config.grid, d), persistent=False)
         self.register_buffer("cell_centres", cell_centres(*config.grid), persistent=False)
-        self.encoder = TransformerEncoder(
-            config.n_layers, config.d_model, config.n_heads, d_head=config.d_head, d_ff=config.d_ff,
-            dropout=config.dropout, activation=config.activation, norm=config.norm,
-        )
-        self.head = nn.Linear(config.d_model, config.n_keypoints)  # per token: one heatmap logit per keypoint
+        self.encoder = TransformerEncoder.from_config(config.encoder)
+        self.head = nn.Linear(d, config.n_keypoints)  # per token: one heatmap logit per keypoint
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-        if config.init == "tfixup":  # the trunk's BatchNorm is allowed; t_fixup_ rejects only LayerNorm
-            t_fixup_(self, n_encoder_layers=config.n_layers)
-        else:
-            nn.init.xavier_uniform_(self.embed.weight)  # as T-Fixup starts it, before its scaling
-            nn.init.zeros_(self.embed.bias)
-            xavier_(self.encoder)
-            xavier_(self.head)
+        init_weights(self, config.encoder.init)  # the trunk's BatchNorm is allowed; T-Fixup rejects only LayerNorm
 
     def predict(self, images: Tensor, need_weights: bool = False) -> KeypointPrediction:
         """``images (B, 3, H, W)`` RGB in [0, 1] → coordinates, heatmap logits, self-attention maps."""

@@ -13,39 +13,30 @@ The model has no LayerNorm of its own: Post-LN ends each layer with one, Pre-LN'
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from flexheads.nn import LearnedPositionalEncoding, TransformerEncoder, t_fixup_, xavier_
+from flexheads.models.config import ModelConfig
+from flexheads.nn import EncoderConfig, LearnedPositionalEncoding, TransformerEncoder, init_weights
 
 __all__ = ["ViTConfig", "VisionTransformer"]
 
 
 @dataclass(frozen=True)
-class ViTConfig:
-    image_size: int = 64  # data.cxr.image_size: prepare resizes every radiograph to S × S
-    patch_size: int = 8  # model.cxr.patch_size: 64 px → an 8 × 8 grid, 65 tokens with CLS
-    in_channels: int = 1  # grayscale radiographs
-    n_classes: int = 15  # the 14 ChestX-ray14 findings + COVID-19
-    d_model: int = 128
-    n_heads: int = 8
-    d_head: int | None = None  # None: standard heads, d_model // n_heads wide
-    n_layers: int = 3
-    d_ff: int = 256
-    dropout: float = 0.1
-    activation: str = "gelu"
-    norm: str = "post"  # post | pre | none
-    init: str = "xavier"  # xavier | tfixup
+class ViTConfig(ModelConfig):
+    image_size: int  # data.cxr.image_size: prepare resizes every radiograph to S × S
+    patch_size: int  # model.cxr.patch_size: 64 px → an 8 × 8 grid, 65 tokens with CLS
+    in_channels: int  # 1: grayscale radiographs
+    n_classes: int  # 15: the 14 ChestX-ray14 findings + COVID-19
+    encoder: EncoderConfig
 
     def __post_init__(self) -> None:
         if self.image_size % self.patch_size:
             raise ValueError(
                 f"patch_size ({self.patch_size}) must divide image_size ({self.image_size}): patches do not overlap"
             )
-        if self.init not in ("xavier", "tfixup"):
-            raise ValueError(f"init must be 'xavier' or 'tfixup', got {self.init!r}")
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -53,17 +44,15 @@ class ViTConfig:
         side = self.image_size // self.patch_size
         return side, side
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 class VisionTransformer(nn.Module):
     """Radiograph → finding logits; see the module docstring.
 
-    Initialisation: ``init='tfixup'`` applies :func:`flexheads.nn.t_fixup_` to the whole model (CLS token and
-    position table ``N(0, 1/d_model)``, ``embed`` Xavier; all three then × ``(9 N)^-1/4``). ``init='xavier'``
-    applies :func:`flexheads.nn.xavier_` (CLS token and positions ``N(0, 0.02^2)`` as in ViT) and gives ``embed``
-    the Xavier-uniform start T-Fixup scales, so the two regimes differ only by T-Fixup's factors. Xavier on the
+    Initialisation (:func:`flexheads.nn.init_weights`): ``init='tfixup'`` applies :func:`flexheads.nn.t_fixup_` to
+    the whole model (CLS token and position table ``N(0, 1/d_model)``, ``embed`` Xavier; all three then ×
+    ``(9 N)^-1/4``). ``init='xavier'`` applies :func:`flexheads.nn.xavier_` (CLS token and positions
+    ``N(0, 0.02^2)`` as in ViT, ``embed`` the Xavier-uniform start T-Fixup scales), so the two regimes differ only
+    by T-Fixup's factors. Xavier on the
     convolution uses torch's conv fans (``fan_in = C p^2``, ``fan_out = d_model p^2``): a standardised patch
     maps to tokens of std ``≈ sqrt(2 C / (d_model + C))``, about 0.12 at ``C = 1``, ``d_model = 128``,
     close to T-Fixup's embedding scale ``d_model^-1/2`` rather than the unit scale of a Linear's fans.
@@ -73,25 +62,17 @@ class VisionTransformer(nn.Module):
     def __init__(self, config: ViTConfig) -> None:
         super().__init__()
         self.config = config
-        c, p, d = config.in_channels, config.patch_size, config.d_model
+        c, p, d = config.in_channels, config.patch_size, config.encoder.d_model
         rows, cols = config.grid
         self.embed = nn.Conv2d(c, d, kernel_size=p, stride=p)  # named `embed`: T-Fixup scales it
         self.cls_token = nn.Embedding(1, d)
         self.positions = LearnedPositionalEncoding(1 + rows * cols, d)
-        self.encoder = TransformerEncoder(
-            config.n_layers, d, config.n_heads, d_head=config.d_head, d_ff=config.d_ff,
-            dropout=config.dropout, activation=config.activation, norm=config.norm,
-        )
+        self.encoder = TransformerEncoder.from_config(config.encoder)
         self.head = nn.Linear(d, config.n_classes)
         # Training-split pixel statistics (set_pixel_stats): persistent, so a checkpoint standardises by itself.
         self.register_buffer("pixel_mean", torch.zeros(c, 1, 1))
         self.register_buffer("pixel_std", torch.ones(c, 1, 1))
-        if config.init == "tfixup":
-            t_fixup_(self, n_encoder_layers=config.n_layers)
-        else:
-            nn.init.xavier_uniform_(self.embed.weight)  # as T-Fixup starts it, before its scaling
-            nn.init.zeros_(self.embed.bias)
-            xavier_(self)
+        init_weights(self, config.encoder.init)
 
     @torch.no_grad()
     def set_pixel_stats(self, mean: float | Sequence[float], std: float | Sequence[float]) -> None:

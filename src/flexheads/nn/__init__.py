@@ -1,8 +1,8 @@
 """Transformer building blocks with flexible head width, norm placement and init schemes."""
 from .attention import MultiHeadAttention, merge_masks, use_fused_attn
-from .blocks import ACTIVATIONS, NORMS, DecoderLayer, EncoderLayer, Mlp, TransformerDecoder, TransformerEncoder
-from .init import t_fixup_, xavier_
-from .positional import LearnedPositionalEncoding, SinusoidalPositionalEncoding, sinusoidal_encoding
+from .blocks import ACTIVATIONS, INITS, NORMS, EncoderConfig, EncoderLayer, Mlp, TransformerEncoder
+from .init import init_weights, t_fixup_, xavier_
+from .positional import LearnedPositionalEncoding, sinusoidal_encoding
 
 __all__ = [
     "MultiHeadAttention",
@@ -10,14 +10,14 @@ __all__ = [
     "use_fused_attn",
     "NORMS",
     "ACTIVATIONS",
+    "INITS",
+    "EncoderConfig",
     "Mlp",
     "EncoderLayer",
-    "DecoderLayer",
     "TransformerEncoder",
-    "TransformerDecoder",
+    "init_weights",
     "xavier_",
     "t_fixup_",
     "sinusoidal_encoding",
-    "SinusoidalPositionalEncoding",
     "LearnedPositionalEncoding",
 ]

@@ -1,4 +1,4 @@
-"""Transformer encoder / decoder layers with visible norm placement.
+"""Transformer encoder layers with visible norm placement, and the one config every model's encoder is built from.
 
 Every sub-layer ``f`` (attention or MLP) is wrapped as
 
@@ -9,14 +9,41 @@ where the pair ``(pre_norm, post_norm)`` is ``(Identity, LayerNorm)`` for Post-L
 (T-Fixup, Huang et al. 2020). ``forward`` therefore has no branches on the norm type.
 The head width ``d_head`` is passed through to every attention module (None = ``d_model // n_heads``).
 """
+from __future__ import annotations
+
+from dataclasses import dataclass
+
 from torch import Tensor, nn
 
 from .attention import MultiHeadAttention
 
-__all__ = ["NORMS", "ACTIVATIONS", "Mlp", "EncoderLayer", "DecoderLayer", "TransformerEncoder", "TransformerDecoder"]
+__all__ = ["NORMS", "ACTIVATIONS", "INITS", "EncoderConfig", "Mlp", "EncoderLayer", "TransformerEncoder"]
 
 NORMS = ("post", "pre", "none")
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU}
+INITS = ("xavier", "tfixup")
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """The transformer encoder of every flexheads model: its size, its heads, where LayerNorm sits and how its
+    weights start.  Built from params.yaml in one place (``flexheads.config.RunConfig.encoder``); no defaults,
+    so a saved model always states every value it was built with.
+    """
+
+    d_model: int  # residual width
+    n_heads: int
+    d_head: int | None  # head width; None: standard heads, d_model // n_heads wide
+    n_layers: int
+    d_ff: int  # MLP hidden width
+    dropout: float
+    activation: str  # relu | gelu
+    norm: str  # post | pre | none
+    init: str  # xavier | tfixup (flexheads.nn.init_weights)
+
+    def __post_init__(self) -> None:
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
 
 
 def norm_pair(norm: str, d_model: int) -> tuple[nn.Module, nn.Module]:
@@ -92,62 +119,13 @@ class EncoderLayer(nn.Module):
         return x, weights
 
 
-class DecoderLayer(nn.Module):
-    """Self-attention, cross-attention to ``memory``, MLP; arguments as :class:`EncoderLayer`."""
-
-    def __init__(
-        self,
-        d_model: int,
-        n_heads: int,
-        d_head: int | None = None,
-        d_ff: int | None = None,
-        dropout: float = 0.0,
-        activation: str = "relu",
-        norm: str = "post",
-    ) -> None:
-        super().__init__()
-        self.self_attn = MultiHeadAttention(d_model, n_heads, d_head, dropout=dropout)
-        self.pre_norm1, self.post_norm1 = norm_pair(norm, d_model)
-        self.drop1 = nn.Dropout(dropout)
-        self.cross_attn = MultiHeadAttention(d_model, n_heads, d_head, dropout=dropout)
-        self.pre_norm2, self.post_norm2 = norm_pair(norm, d_model)
-        self.drop2 = nn.Dropout(dropout)
-        self.mlp = Mlp(d_model, 4 * d_model if d_ff is None else d_ff, activation, dropout)
-        self.pre_norm3, self.post_norm3 = norm_pair(norm, d_model)
-        self.drop3 = nn.Dropout(dropout)
-
-    def forward(
-        self,
-        x: Tensor,
-        memory: Tensor,
-        self_attn_mask: Tensor | None = None,
-        is_causal: bool = False,
-        key_padding_mask: Tensor | None = None,
-        memory_key_padding_mask: Tensor | None = None,
-        need_weights: bool = False,
-    ) -> tuple[Tensor, Tensor | None]:
-        """``x (B, N, d_model)``, ``memory (B, S, d_model)`` -> ``(x, cross-attn weights (B, h, N, S) or None)``."""
-        h, _ = self.self_attn(
-            self.pre_norm1(x), key_padding_mask=key_padding_mask, attn_mask=self_attn_mask, is_causal=is_causal
-        )
-        x = self.post_norm1(x + self.drop1(h))
-        h, weights = self.cross_attn(
-            self.pre_norm2(x), memory, key_padding_mask=memory_key_padding_mask, need_weights=need_weights
-        )
-        x = self.post_norm2(x + self.drop2(h))
-        x = self.post_norm3(x + self.drop3(self.mlp(self.pre_norm3(x))))
-        return x, weights
-
-
 def make_final_norm(norm: str, d_model: int) -> nn.Module:
     """LayerNorm after the last layer for Pre-LN (its residual stream is otherwise never normalised)."""
     return nn.LayerNorm(d_model) if norm == "pre" else nn.Identity()
 
 
-class _LayerStack(nn.Module):
-    """``n_layers`` copies of ``layer_class`` and ``final_norm``; arguments as :class:`EncoderLayer`."""
-
-    layer_class: type[nn.Module]
+class TransformerEncoder(nn.Module):
+    """A stack of ``n_layers`` :class:`EncoderLayer` s and ``final_norm``; arguments as :class:`EncoderLayer`."""
 
     def __init__(
         self,
@@ -164,15 +142,15 @@ class _LayerStack(nn.Module):
         if n_layers <= 0:
             raise ValueError(f"n_layers must be positive, got {n_layers}")
         self.layers = nn.ModuleList(
-            self.layer_class(d_model, n_heads, d_head, d_ff, dropout, activation, norm) for _ in range(n_layers)
+            EncoderLayer(d_model, n_heads, d_head, d_ff, dropout, activation, norm) for _ in range(n_layers)
         )
         self.final_norm = make_final_norm(norm, d_model)
 
-
-class TransformerEncoder(_LayerStack):
-    """A stack of :class:`EncoderLayer` s and ``final_norm``."""
-
-    layer_class = EncoderLayer
+    @classmethod
+    def from_config(cls, config: EncoderConfig) -> TransformerEncoder:
+        """The encoder ``config`` describes; the model applies its ``init`` (:func:`flexheads.nn.init_weights`)."""
+        return cls(config.n_layers, config.d_model, config.n_heads, config.d_head, config.d_ff, config.dropout,
+                   config.activation, config.norm)
 
     def forward(
         self,
@@ -185,37 +163,5 @@ class TransformerEncoder(_LayerStack):
         all_weights = []
         for layer in self.layers:
             x, weights = layer(x, key_padding_mask=key_padding_mask, attn_mask=attn_mask, need_weights=need_weights)
-            all_weights.append(weights)
-        return self.final_norm(x), (all_weights if need_weights else None)
-
-
-class TransformerDecoder(_LayerStack):
-    """A stack of :class:`DecoderLayer` s and ``final_norm``."""
-
-    layer_class = DecoderLayer
-
-    def forward(
-        self,
-        x: Tensor,
-        memory: Tensor,
-        self_attn_mask: Tensor | None = None,
-        is_causal: bool = False,
-        key_padding_mask: Tensor | None = None,
-        memory_key_padding_mask: Tensor | None = None,
-        need_weights: bool = False,
-    ) -> tuple[Tensor, list[Tensor] | None]:
-        """``x (B, N, d_model)``, ``memory (B, S, d_model)`` -> ``(x, per-layer cross-attention weights
-        [(B, h, N, S)] or None)``."""
-        all_weights = []
-        for layer in self.layers:
-            x, weights = layer(
-                x,
-                memory,
-                self_attn_mask=self_attn_mask,
-                is_causal=is_causal,
-                key_padding_mask=key_padding_mask,
-                memory_key_padding_mask=memory_key_padding_mask,
-                need_weights=need_weights,
-            )
             all_weights.append(weights)
         return self.final_norm(x), (all_weights if need_weights else None)

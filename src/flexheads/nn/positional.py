@@ -1,8 +1,9 @@
-"""Positional encodings added to a token sequence ``(B, N, d_model)``: fixed sinusoidal or learned."""
+"""Positional encodings of a token sequence ``(B, N, d_model)``: the fixed sinusoidal table (the 2D pose model
+builds its grid code from it) and a learned table added to the tokens."""
 import torch
 from torch import Tensor, nn
 
-__all__ = ["sinusoidal_encoding", "SinusoidalPositionalEncoding", "LearnedPositionalEncoding"]
+__all__ = ["sinusoidal_encoding", "LearnedPositionalEncoding"]
 
 
 def sinusoidal_encoding(n_positions: int, d_model: int) -> Tensor:
@@ -30,19 +31,13 @@ def add_positions(x: Tensor, table: Tensor) -> Tensor:
     return x + table[:n].to(x.dtype)
 
 
-class SinusoidalPositionalEncoding(nn.Module):
-    """Adds :func:`sinusoidal_encoding` (a non-persistent buffer: rebuilt, never checkpointed)."""
-
-    def __init__(self, max_len: int, d_model: int) -> None:
-        super().__init__()
-        self.register_buffer("pe", sinusoidal_encoding(max_len, d_model), persistent=False)  # (max_len, d_model)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return add_positions(x, self.pe)
-
-
 class LearnedPositionalEncoding(nn.Module):
-    """Adds a learned table ``weight (max_len, d_model)``, initialised ``trunc_normal_(std=0.02)`` (as ViT)."""
+    """Adds a learned table ``weight (max_len, d_model)``.
+
+    The table starts ``trunc_normal_(std=0.02)`` (timm's ViT), so a bare module is usable; every flexheads model
+    then redraws it with its init scheme (:func:`flexheads.nn.init_weights`: ``N(0, 0.02^2)`` under Xavier,
+    ``N(0, 1/d_model)`` scaled under T-Fixup).
+    """
 
     def __init__(self, max_len: int, d_model: int) -> None:
         super().__init__()
