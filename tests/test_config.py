@@ -9,9 +9,11 @@ from typing import Any, Callable
 
 import pytest
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from flexheads.config import Params, ParamsError, Run, RunConfig, load_params, params_hash
+from flexheads.config import (Baseline, Experiment, Params, ParamsError, Regime, Run, RunConfig, Tracking, load_params,
+                              params_hash)
+from flexheads.tasks import BUILTIN_TASKS, task_settings
 
 PARAMS_YAML = Path(__file__).resolve().parents[1] / "params.yaml"
 
@@ -312,3 +314,64 @@ def test_a_key_given_twice_is_an_error(tmp_path: Path) -> None:
     path.write_text(text)
     with pytest.raises(ParamsError, match=r"duplicate key 'threads'"):
         load_params(path)
+
+
+# --- one place for defaults ------------------------------------------------------------------------
+
+
+def _sections(model: type[BaseModel], raw: dict[str, Any], path: str) -> list[tuple[str, type[BaseModel], dict]]:
+    """``(key path, schema class, params.yaml mapping)`` of every fixed-key section below ``model``."""
+    found = [(path, model, raw)]
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel) and isinstance(raw.get(name), dict):
+            found += _sections(annotation, raw[name], f"{path}.{name}")
+    return found
+
+
+def test_params_yaml_states_every_value_and_agrees_with_the_schema_defaults() -> None:
+    """Defaults live in the schema only, and params.yaml shows every one of them: each key of each section is
+    written in the file, and where the schema has a default the file's value is that default."""
+    raw = raw_params()
+    sections = [("(top level)", Params, raw), *_sections(Experiment, raw["experiment"], "experiment"),
+                *_sections(Tracking, raw["tracking"], "tracking")]
+    sections += [s for name, regime in raw["regimes"].items() for s in _sections(Regime, regime, f"regimes.{name}")]
+    sections += [s for name, b in raw["baselines"].items() for s in _sections(Baseline, b, f"baselines.{name}")]
+    for task in BUILTIN_TASKS:
+        settings = task_settings(task)
+        for kind in ("model", "train", "data"):
+            sections += _sections(getattr(settings, kind), raw[kind][task], f"{kind}.{task}")
+    assert len(sections) > 20
+    for path, schema, stated in sections:
+        missing = set(schema.model_fields) - set(stated)
+        assert not missing, f"params.yaml does not state {path}.{sorted(missing)}"
+        defaults = {name: field.default for name, field in schema.model_fields.items() if not field.is_required()}
+        for name, default in defaults.items():
+            if isinstance(default, BaseModel):
+                default = default.model_dump(mode="json")
+            value = schema.model_validate(stated).model_dump(mode="json")[name]
+            assert value == (list(default) if isinstance(default, tuple) else default), f"{path}.{name}"
+
+
+@pytest.mark.parametrize("kind", ["model", "train", "data"])
+def test_a_listed_task_without_its_section_is_an_error(tmp_path: Path, kind: str) -> None:
+    raw = raw_params()
+    del raw[kind]["pose2d"]
+    with pytest.raises(ParamsError) as err:
+        load_params(write(tmp_path, raw))
+    assert error_lines(str(err.value)) == [f"  {kind}.pose2d: Field required"]
+    raw["experiment"]["tasks"] = ["pose3d", "cxr"]  # a task outside the matrix may leave its sections out
+    assert getattr(getattr(load_params(write(tmp_path, raw)), kind), "pose2d") is None
+
+
+def test_a_task_section_error_comes_with_every_other_error(tmp_path: Path) -> None:
+    raw = raw_params()
+    raw["model"]["cxr"]["d_model"] = "wide"
+    raw["model"]["pose9d"] = {}
+    raw["threads"] = 0
+    with pytest.raises(ParamsError) as err:
+        load_params(write(tmp_path, raw))
+    lines = error_lines(str(err.value))
+    assert any(line.startswith("  model.cxr.d_model: ") for line in lines)
+    assert any(line.startswith("  model.pose9d: unknown key") for line in lines)
+    assert any(line.startswith("  threads: ") for line in lines)

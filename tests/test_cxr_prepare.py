@@ -16,9 +16,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from flexheads.config import CxrData, CxrFolder, SyntheticCxr
+from flexheads.tasks.settings.cxr import CxrData, CxrFolder, SyntheticCxr
 from flexheads.data import cxr
 from flexheads.data.cxr import LABELS, CxrFormatError
+from flexheads.data.cxr_store import CHUNK_ROWS
 from flexheads.tasks import cxr as task
 
 SIZE = 64
@@ -60,7 +61,7 @@ def test_groups_hold_images_labels_ids_and_mask_bits(prepared) -> None:
             assert (g["images"].shape, g["images"].dtype) == ((n, SIZE, SIZE), np.uint8)
             assert (g["masks"].shape, g["masks"].dtype) == ((n, SIZE, SIZE), np.uint16)
             assert (g["labels"].shape, g["labels"].dtype) == ((n, len(LABELS)), np.uint8)
-            assert g["images"].chunks == (task.CHUNK_ROWS, SIZE, SIZE) and g["images"].compression == "gzip"
+            assert g["images"].chunks == (CHUNK_ROWS, SIZE, SIZE) and g["images"].compression == "gzip"
             assert {g[name].shape for name in ("patient_id", "image_index", "source")} == {(n,)}
             assert set(g["source"].asstr()[:]) <= {"nih", "covid"}
 

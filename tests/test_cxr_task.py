@@ -16,6 +16,7 @@ import yaml
 
 from flexheads.config import Params
 from flexheads.data.cxr import LABELS
+from flexheads.localisation import lesion_pairs
 from flexheads.metrics import classification
 from flexheads.stages import evaluate_run, load_model, train_run
 from flexheads.tasks import cxr
@@ -55,7 +56,7 @@ def test_train_and_evaluate_write_metrics_tables_and_maps(tmp_path):
     summary = train_run(params, run, h5_path, tmp_path / run, device="cpu", progress=False)
     assert summary["steps"] == 4 and np.isfinite(summary["final_loss"])
     model = load_model(tmp_path / run / "model.pt", cxr.ARCHITECTURES)
-    assert model.config.d_head == 16 and model.config.norm == "none" and model.config.image_size == 32
+    assert model.config.encoder.d_head == 16 and model.config.encoder.norm == "none" and model.config.image_size == 32
     assert model.pixel_mean.item() == pytest.approx(json.loads(stats_path.read_text())["pixel_mean"], abs=1e-6)
 
     out = tmp_path / "metrics" / f"{run}.json"
@@ -158,6 +159,6 @@ def test_lesion_pairs_unpack_the_mask_bits():
     masks[1, 3, 3] = (1 << 0) | (1 << 14)  # findings 0 and 14 in image 1
     labels = np.zeros((2, 15), np.uint8)
     labels[0, 2] = labels[1, 0] = labels[1, 14] = labels[1, 5] = 1  # finding 5 has no mask: no pair
-    rows, findings, lesions = cxr.lesion_pairs(labels, masks)
+    rows, findings, lesions = lesion_pairs(labels, masks)
     assert rows.tolist() == [0, 1, 1] and findings.tolist() == [2, 0, 14]
     assert lesions[0].sum() == 4 and lesions[1][3, 3] and lesions[2].sum() == 1

@@ -23,6 +23,7 @@ from flexheads import explain
 from flexheads.explain import gradcam_maps
 from flexheads.metrics.localisation import baseline_heatmaps, pointing_game
 from flexheads.models.vit import VisionTransformer, ViTConfig
+from flexheads.nn import EncoderConfig
 
 S, P, RADIUS = 32, 4, 3
 
@@ -42,8 +43,9 @@ def discs(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
 
 def make_model(norm: str, n_layers: int) -> VisionTransformer:
     torch.manual_seed(0)
-    config = ViTConfig(image_size=S, patch_size=P, n_classes=1, d_model=32, n_heads=4, n_layers=n_layers, d_ff=64,
-                       dropout=0.0, norm=norm, init="tfixup" if norm == "none" else "xavier")  # fmt: skip
+    encoder = EncoderConfig(d_model=32, n_heads=4, d_head=None, n_layers=n_layers, d_ff=64, dropout=0.0,
+                            activation="gelu", norm=norm, init="tfixup" if norm == "none" else "xavier")
+    config = ViTConfig(image_size=S, patch_size=P, in_channels=1, n_classes=1, encoder=encoder)
     model = VisionTransformer(config)
     model.set_pixel_stats(0.4, 0.15)
     return model

@@ -16,9 +16,11 @@ import yaml
 from PIL import Image
 
 from flexheads.config import Params
+from flexheads.data import crops
 from flexheads.data.coco import KEYPOINT_NAMES, SKELETON, CocoFormatError
 from flexheads.metrics.pose2d import coco_keypoint_ap, write_coco_results
 from flexheads.models.pose2d import KeypointTransformer, Pose2DConfig, heatmap_targets
+from flexheads.nn import EncoderConfig
 from flexheads.stages import evaluate_run, load_model, train_run
 from flexheads.tasks import pose2d
 
@@ -80,7 +82,7 @@ def test_crop_keypoints_map_back_to_image_pixels(prepared):
     _, _, h5_path, _ = prepared
     with h5py.File(h5_path) as h5:
         g = h5["train"]
-        back = pose2d.apply_affine(g["affine"][:].astype(np.float64), g["keypoints"][:].astype(np.float64))
+        back = crops.apply_affine(g["affine"][:].astype(np.float64), g["keypoints"][:].astype(np.float64))
         visible, keypoints = g["visible"][:], g["keypoints"][:]
         error = np.abs(back - g["keypoints_image"][..., :2])[visible]
     assert error.max() < 1e-3
@@ -95,9 +97,9 @@ def test_crop_pixels_show_the_image_where_the_affine_points():
     image = Image.fromarray(np.stack([cols, rows, np.zeros_like(cols)], -1).astype(np.uint8))
     r, c = np.meshgrid(np.arange(CROP[0]) + 0.5, np.arange(CROP[1]) + 0.5, indexing="ij")
     for bbox in ([30.3, 40.7, 60.2, 90.1], [10.5, 10.5, 6.0, 9.0], [60.0, 10.0, 140.0, 100.0]):  # shrink, zoom, wide
-        affine = pose2d.crop_affine(np.array(bbox), CROP)
-        crop = pose2d.crop_image(image, affine, CROP).astype(float)
-        x, y = np.moveaxis(pose2d.apply_affine(affine, np.stack([c, r], -1).reshape(-1, 2)).reshape(*CROP, 2), -1, 0)
+        affine = crops.crop_affine(np.array(bbox), CROP)
+        crop = crops.crop_image(image, affine, CROP).astype(float)
+        x, y = np.moveaxis(crops.apply_affine(affine, np.stack([c, r], -1).reshape(-1, 2)).reshape(*CROP, 2), -1, 0)
         reach = affine[0, 0] + 1  # the antialiasing filter's reach in image pixels
         inside = (x > reach) & (x < width - reach) & (y > reach) & (y < height - reach)
         outside = (x < -reach) | (x > width + reach) | (y < -reach) | (y > height + reach)
@@ -113,7 +115,7 @@ def test_augmentation_moves_keypoints_with_the_pixels():
     for b, (x, y) in enumerate(rng.integers(12, 36, (16, 2))):
         images[b, y - 1 : y + 2, x - 1 : x + 2] = 255  # a 3×3 dot centred on the left wrist
         keypoints[b, 9], visible[b, 9] = (x + 0.5, y + 0.5), True
-    warped, moved, moved_visible = pose2d.augment(rng, images, keypoints, visible)
+    warped, moved, moved_visible = crops.augment(rng, images, keypoints, visible)
     rows, cols = np.mgrid[: CROP[0], : CROP[1]] + 0.5
     for b, weight in enumerate(warped[:, 0].numpy()):
         (joint,) = np.flatnonzero(moved_visible[b])  # 9, or 10 (right wrist) when mirrored
@@ -122,12 +124,18 @@ def test_augmentation_moves_keypoints_with_the_pixels():
     assert 0 < (moved_visible[:, 10]).sum() < 16  # some mirrored, some not
 
 
+def model_config(encoder: EncoderConfig) -> Pose2DConfig:
+    return Pose2DConfig(n_keypoints=17, input_size=CROP, backbone="resnet18", backbone_stride=8, pretrained=False,
+                        flip_test=True, encoder=encoder)
+
+
 @pytest.mark.parametrize("norm, init, d_head", [("post", "xavier", None), ("pre", "xavier", 16),
                                                 ("none", "tfixup", 16)])
 def test_model_outputs_and_gradients(norm, init, d_head):
     torch.manual_seed(0)
-    model = KeypointTransformer(Pose2DConfig(input_size=CROP, d_model=32, n_heads=4, d_head=d_head, n_layers=2,
-                                             d_ff=64, norm=norm, init=init))
+    encoder = EncoderConfig(d_model=32, n_heads=4, d_head=d_head, n_layers=2, d_ff=64, dropout=0.1,
+                            activation="gelu", norm=norm, init=init)
+    model = KeypointTransformer(model_config(encoder))
     coords, weights = model(torch.rand(2, 3, *CROP), need_weights=True)
     assert coords.shape == (2, 17, 2) and ((coords > 0) & (coords < 1)).all()
     assert [w.shape for w in weights] == [(2, 4, 48, 48)] * 2  # 8×6 tokens at stride 8
@@ -141,7 +149,8 @@ def test_model_outputs_and_gradients(norm, init, d_head):
 
 def test_integral_readout_recovers_a_keypoint_between_cells():
     """A heatmap that is the Gaussian target of a point reads back that point: the read-out is sub-cell."""
-    config = Pose2DConfig(input_size=CROP)
+    config = model_config(EncoderConfig(d_model=128, n_heads=8, d_head=None, n_layers=3, d_ff=256, dropout=0.1,
+                                        activation="gelu", norm="post", init="xavier"))
     model = KeypointTransformer(config)
     point = torch.tensor([[[0.37, 0.61]]])  # between cell centres of the 6×8 grid
     logits = heatmap_targets(point, config, model.cell_centres, sigma=0.6).log()
@@ -154,7 +163,7 @@ def test_train_and_evaluate_write_metrics(prepared, tmp_path):
     summary = train_run(params, run, h5_path, tmp_path / run, device="cpu", progress=False)
     assert summary["steps"] == 4 and np.isfinite(summary["final_loss"])
     model = load_model(tmp_path / run / "model.pt", pose2d.ARCHITECTURES)
-    assert model.config.d_head == 16 and model.config.norm == "none" and model.config.flip_test
+    assert model.config.encoder.d_head == 16 and model.config.encoder.norm == "none" and model.config.flip_test
     metrics = evaluate_run(params, run, h5_path, stats_path, tmp_path / run, tmp_path / "metrics" / f"{run}.json",
                            device="cpu")
     assert metrics["main_metric"] == "AP" and 0.0 <= metrics["AP"] <= 1.0
@@ -234,7 +243,7 @@ def test_ground_truth_through_the_crop_chain_scores_ap_one(prepared, tmp_path):
     _, _, h5_path, _ = prepared
     with h5py.File(h5_path) as h5:
         g = h5["val"]
-        image_pixels = pose2d.apply_affine(g["affine"][:].astype(np.float64), g["keypoints"][:].astype(np.float64))
+        image_pixels = crops.apply_affine(g["affine"][:].astype(np.float64), g["keypoints"][:].astype(np.float64))
         (tmp_path / "gt.json").write_bytes(g["coco_gt_json"][:].tobytes())
         write_coco_results(tmp_path / "results.json", g["image_id"][:], image_pixels, np.ones(len(image_pixels)))
     stats = coco_keypoint_ap(tmp_path / "gt.json", tmp_path / "results.json")

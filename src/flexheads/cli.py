@@ -15,11 +15,11 @@ from typing import Any, Callable
 
 import typer
 
-from flexheads.config import ParamsError, load_params
+from flexheads.config import load_params
 from flexheads.errors import DataError, UserError
 
-app = typer.Typer(help="flexheads: data → prepare → train → evaluate → report for the flexible-heads study.", no_args_is_help=True,
-                  add_completion=False, pretty_exceptions_show_locals=False)
+app = typer.Typer(help="flexheads: data → prepare → train → evaluate → report for the flexible-heads study.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False)
 
 ParamsOption = typer.Option(Path("params.yaml"), "--params", "-p", help="The params.yaml to read.")
 DeviceOption = typer.Option("auto", help="auto (CUDA when present), cpu or cuda.")
@@ -35,7 +35,7 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return command(*args, **kwargs)
-        except (ParamsError, UserError) as err:
+        except UserError as err:
             typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
             raise typer.Exit(2) from None
 
@@ -59,10 +59,10 @@ def download(
     out: Path = typer.Option(..., help="Folder for the raw files, e.g. data/raw/pose3d."),
 ) -> None:
     """Fetch (real data, checksummed) or generate (synthetic default) a task's raw dataset."""
-    from flexheads.tasks import task_data, task_module
+    from flexheads.tasks import get_task
 
-    p = load_params(params)
-    files = task_module(task).download(task_data(p, task), out)
+    data = load_params(params).task_data(task)
+    files = get_task(task).download(data, out)
     for kind, path in files.items():
         typer.echo(f"{kind}: {path}")
 
@@ -77,9 +77,10 @@ def prepare(
     stats: Path = typer.Option(..., help="JSON sidecar of statistics, e.g. data/prepared/pose3d.stats.json."),
 ) -> None:
     """Normalise a raw dataset into one HDF5 file with train/test splits and a statistics sidecar."""
-    from flexheads.tasks import task_data, task_module
+    from flexheads.tasks import get_task
 
-    summary = task_module(task).prepare(task_data(load_params(params), task), raw, out, stats)
+    data = load_params(params).task_data(task)
+    summary = get_task(task).prepare(data, raw, out, stats)
     for split, info in summary["splits"].items():
         typer.echo(f"{split}: {info['rows']} rows")
 

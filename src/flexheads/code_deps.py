@@ -1,9 +1,10 @@
 """The flexheads modules each pipeline stage runs: the code dependencies of ``dvc.yaml``.
 
 A stage's code is every flexheads module its process can load: ``cli.py`` with its top-level imports, the imports
-inside the stage's CLI command, the task modules loaded by name (``flexheads.tasks.<task>``), and from there every
-import statement of every module reached, including imports inside functions, so a code path the synthetic default
-does not take (a real-data download) still counts, and every package ``__init__`` on the way.
+inside the stage's CLI command, the modules the task registry loads by name (the stage's own task's
+``flexheads.tasks.<task>`` and, to validate params.yaml, every built-in task's ``flexheads.tasks.settings.<task>``),
+and from there every import statement of every module reached, including imports inside functions, so a code path
+the synthetic default does not take (a real-data download) still counts, and every package ``__init__`` on the way.
 
 DVC cannot template a per-task list of files into ``deps:``, so each stage kind and task gets a folder of relative
 symlinks, ``pipeline/code/<kind>-<task>/`` (``pipeline/code/report/`` for the report), mirroring
@@ -20,7 +21,7 @@ import os
 import shutil
 from pathlib import Path
 
-from flexheads.config import TASKS
+from flexheads.tasks import BUILTIN_TASKS
 
 PACKAGE = "flexheads"
 SOURCE_ROOT = Path(__file__).resolve().parent  # src/flexheads
@@ -31,8 +32,8 @@ REPORT_STAGE = "report"  # runs every task's module (their report hooks)
 
 def stage_code_dirs() -> dict[str, tuple[str, tuple[str, ...]]]:
     """Folder name under ``pipeline/code`` → (CLI command, task modules it loads by name)."""
-    dirs = {f"{kind}-{task}": (kind, (task,)) for kind in TASK_STAGES for task in TASKS}
-    dirs[REPORT_STAGE] = (REPORT_STAGE, TASKS)
+    dirs = {f"{kind}-{task}": (kind, (task,)) for kind in TASK_STAGES for task in BUILTIN_TASKS}
+    dirs[REPORT_STAGE] = (REPORT_STAGE, BUILTIN_TASKS)
     return dirs
 
 
@@ -44,6 +45,7 @@ def stage_modules(command: str, tasks: tuple[str, ...]) -> set[str]:
         raise ValueError(f"flexheads.cli has no command function '{command}'")
     roots = _imports(cli.body, "flexheads.cli", nested=False) | _imports([function], "flexheads.cli")
     roots |= {f"flexheads.tasks.{task}" for task in tasks}
+    roots |= {f"flexheads.tasks.settings.{task}" for task in BUILTIN_TASKS}
     return _closure(roots) | {"flexheads.cli"}  # cli's other commands' imports are not this stage's
 
 
@@ -83,7 +85,8 @@ def stale_code_dirs(project: Path) -> dict[str, str]:
     for name, (command, tasks) in stage_code_dirs().items():
         folder = project / CODE_DIR / name
         expected = {rel.as_posix() for rel in stage_files(command, tasks)}
-        found = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_symlink()} if folder.is_dir() else set()
+        links = folder.rglob("*") if folder.is_dir() else []
+        found = {p.relative_to(folder).as_posix() for p in links if p.is_symlink()}
         broken = {rel for rel in found & expected
                   if (folder / rel).resolve() != (project / "src" / PACKAGE / rel).resolve()}
         if expected != found or broken:

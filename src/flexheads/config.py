@@ -6,10 +6,15 @@ definition of the matrix ``tasks × attention × regimes × seeds`` that the CLI
 ``Run.name`` is ``<task>-<attention>-<regime>-<seed>``, DVC's name for the matrix cell (a baseline:
 ``<task>-<baseline>``), so every component is ``[A-Za-z0-9_]`` (tasks, attention and baselines are fixed names,
 regimes are ``RunNamePart``).  Numbers are strict and finite: ``steps: true`` or ``lr: .inf`` is an error, not 1 or inf.
+
+The sections ``model.<task>``, ``train.<task>`` and ``data.<task>`` belong to each task (its ``settings.py``, found
+through :mod:`flexheads.tasks`); every task of ``experiment.tasks`` must have all three.  Defaults live here and in
+those settings modules only, and params.yaml states each of them (``tests/test_config.py`` checks they agree).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -19,13 +24,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator,
-                      model_validator)
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, SerializeAsAny, Strict, ValidationError,
+                      ValidatorFunctionWrapHandler, create_model, field_validator, model_validator)
 
-TASKS = ("pose3d", "pose2d", "cxr")
+from flexheads.errors import ParamsError
+from flexheads.tasks import BUILTIN_TASKS, registered_tasks, task_settings
+
 ATTENTIONS = ("standard", "flexible")
-REGIMES = ("noam", "linear_untuned", "exponential_untuned", "radam", "tfixup", "preln")
 BASELINES = ("martinez_mlp",)
+TASK_SECTIONS = ("model", "train", "data")  # top-level sections with one sub-section per task
 
 # Numbers are strict: YAML's `true` is not the integer 1, "3" is not 3 and 2.5 is not an integer; an integer is
 # a valid float (`lr: 1`).  Non-finite floats (.inf, .nan) are refused by every section's model_config.
@@ -50,32 +57,45 @@ def _run_name_part(name: str) -> str:
     return name
 
 
+def _registered_task(name: str) -> str:
+    if name not in registered_tasks():
+        raise ValueError(f"unknown task {name!r}; tasks are: {', '.join(registered_tasks())}")
+    return name
+
+
+def _registered_task_or_error(name: str) -> str:
+    try:
+        return _registered_task(name)
+    except ValueError as err:
+        raise ParamsError(str(err)) from None
+
+
 RunNamePart = Annotated[str, AfterValidator(_run_name_part)]
+TaskName = Annotated[str, AfterValidator(_registered_task)]
 
 
-class ParamsError(ValueError):
-    """params.yaml is missing, unreadable or does not match the schema; the message names the key path."""
+class Section(BaseModel):
+    """A params.yaml section: unknown keys and non-finite floats are errors, values are immutable."""
 
-
-class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
-class Regime(_Section):
+class Regime(Section):
     """A named training recipe: where LayerNorm sits, how weights start, the optimiser and the lr schedule.
 
     ``lr`` is the base learning rate the schedule multiplies; for ``schedule: noam`` the schedule is the
-    rate itself (eq. 3.28) and ``lr`` is its scale factor (1.0 in Vaswani et al.).
+    rate itself (eq. 3.28) and ``lr`` is its scale factor (1.0 in Vaswani et al.).  A recipe states every value:
+    no key of a regime has a default.
     """
 
     norm: Literal["post", "pre", "none"]
-    init: Literal["xavier", "tfixup"] = "xavier"
-    optimizer: Literal["adam", "radam"] = "adam"
+    init: Literal["xavier", "tfixup"]
+    optimizer: Literal["adam", "radam"]
     schedule: Literal["constant", "noam", "linear", "exponential", "untuned_linear", "untuned_exponential"]
     lr: PositiveFloat
-    warmup: NonNegativeInt = 0  # steps; tau of linear/exponential warmup, or Noam's warmup
-    betas: tuple[Probability, Probability] = (0.9, 0.999)
-    weight_decay: NonNegativeFloat = 0.0
+    warmup: NonNegativeInt  # steps; tau of linear/exponential warmup, or Noam's warmup
+    betas: tuple[Probability, Probability]
+    weight_decay: NonNegativeFloat
 
     @model_validator(mode="after")
     def _consistent(self) -> Regime:
@@ -86,19 +106,20 @@ class Regime(_Section):
         return self
 
 
-class ModelSettings(_Section):
-    """Transformer size for one task; ``d_head_flexible`` is the head width of the *flexible* variant."""
+class EncoderSettings(Section):
+    """The transformer of one task (``model.<task>``; a task's settings add its own keys);
+    ``d_head_flexible`` is the head width of the *flexible* variant."""
 
-    d_model: PositiveInt = 128
+    d_model: PositiveInt = 64
     n_heads: PositiveInt = 8
     d_head_flexible: PositiveInt = 32  # standard heads are d_model // n_heads wide
     n_layers: PositiveInt = 3
-    d_ff: PositiveInt = 256
-    dropout: Probability = 0.1
+    d_ff: PositiveInt = 128
+    dropout: Probability = 0.0
     activation: Literal["relu", "gelu"] = "gelu"
 
     @model_validator(mode="after")
-    def _standard_heads_fit(self) -> ModelSettings:
+    def _standard_heads_fit(self) -> EncoderSettings:
         if self.d_model % self.n_heads:
             raise ValueError(
                 f"n_heads ({self.n_heads}) must divide d_model ({self.d_model}) for standard heads "
@@ -111,145 +132,26 @@ class ModelSettings(_Section):
         return self.d_head_flexible if attention == "flexible" else None
 
 
-class TrainSettings(_Section):
-    """Optimisation loop settings for one task (counts are optimiser steps)."""
+class TrainSettings(Section):
+    """Optimisation loop settings for one task (``train.<task>``; counts are optimiser steps)."""
 
-    steps: PositiveInt = 1500
-    batch_size: PositiveInt = 256
+    steps: PositiveInt = 600
+    batch_size: PositiveInt = 64
     grad_clip: NonNegativeFloat = 1.0  # max global grad norm; 0 disables clipping
-    checkpoint_every: PositiveInt = 500
+    checkpoint_every: PositiveInt = 200
     log_every: PositiveInt = 25  # metrics are buffered and sent to MLflow in one batch per interval
     grad_snapshot_steps: tuple[PositiveInt, ...] = (1, 2, 5, 10, 20, 50, 100)  # gradient histograms, fig. 3.16
-    eval_batch_size: PositiveInt = 2048
+    eval_batch_size: PositiveInt = 256
     eval_every: NonNegativeInt = 100  # validation metric every eval_every steps (training curves); 0 disables
     lr_scale: PositiveFloat = 1.0  # multiplies every regime's lr for this task's models
 
 
-class Pose3DModel(ModelSettings):
-    window: PositiveInt = 1  # frames of 2D input per sample (odd, centred; 1 = single-frame lifting)
-
-    @field_validator("window")
-    @classmethod
-    def _odd_window(cls, window: int) -> int:
-        if window % 2 == 0:
-            raise ValueError(f"window must be odd so the target frame is centred (got {window})")
-        return window
-
-
-class Pose3DTrain(TrainSettings):
-    stride: PositiveInt = 1  # train on every stride-th frame (Human3.6M runs at 50 fps)
-
-
-class Pose2DModel(ModelSettings):
-    backbone: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"
-    pretrained: bool = False  # ImageNet weights (downloaded by torchvision; needs a network)
-    backbone_stride: Literal[8, 16] = 8  # 8: the trunk stops after layer2, 16: after layer3
-
-
-class Pose2DTrain(TrainSettings):
-    flip_test: bool = True  # average the prediction of the crop and of its mirror image at evaluation
-
-
-class CxrModel(ModelSettings):
-    patch_size: PositiveInt = 8  # ViT patch side: (data.cxr.image_size / patch_size)^2 tokens + CLS
-
-
-class CxrTrain(TrainSettings):
-    class_weighted_loss: bool = False  # BCE positives weighted by negatives/positives of each finding
-
-
-class Models(_Section):
-    pose3d: Pose3DModel = Pose3DModel()
-    pose2d: Pose2DModel = Pose2DModel()
-    cxr: CxrModel = CxrModel()
-
-
-class Trainings(_Section):
-    pose3d: Pose3DTrain = Pose3DTrain()
-    pose2d: Pose2DTrain = Pose2DTrain()
-    cxr: CxrTrain = CxrTrain()
-
-
-class SyntheticPose3D(_Section):
-    """Size and noise of the synthetic Human3.6M written by the pose3d ``download`` stage."""
-
-    sequences_per_action: PositiveInt = 1
-    frames_per_sequence: PositiveInt = 200
-    noise_px: NonNegativeFloat = 0.0
-    outlier_rate: Probability = 0.0
-    seed: NonNegativeInt = 0
-
-
-class Pose3DData(_Section):
-    """Where pose3d data comes from and how it is sampled."""
-
-    source: Literal["synthetic", "h36m"] = "synthetic"
-    h36m_dir: str = "data/external/h36m"  # user-supplied VideoPose3D npz files (source: h36m)
-    keypoints: str = "gt"  # 2D file data_2d_h36m_<keypoints>.npz: gt, cpn_ft_h36m_dbb, synthetic_det
-    synthetic: SyntheticPose3D = SyntheticPose3D()
-
-
-class SyntheticPose2D(_Section):
-    """Size of the rendered synthetic COCO written by the pose2d ``download`` stage."""
-
-    n_train_images: PositiveInt = 400
-    n_val_images: PositiveInt = 100
-    image_size: tuple[PositiveInt, PositiveInt] = (320, 240)  # width, height
-    max_people: PositiveInt = 3
-    seed: NonNegativeInt = 0
-
-
-class Pose2DData(_Section):
-    """Where pose2d data comes from: rendered people (default) or COCO 2017 person keypoints."""
-
-    source: Literal["synthetic", "coco"] = "synthetic"
-    coco_dir: str = "data/external/coco"  # download cache of the official archives (source: coco)
-    crop_size: tuple[PositiveInt, PositiveInt] = (64, 48)  # person crop height, width (COCO's 4:3 aspect)
-    synthetic: SyntheticPose2D = SyntheticPose2D()
-
-
-class SyntheticCxr(_Section):
-    """Size of the procedural radiographs written by the cxr ``download`` stage (ChestX-ray14 and COVID layouts)."""
-
-    n_patients: PositiveInt = 800  # ChestX-ray14-style patients, 1-4 images each
-    n_covid_images: PositiveInt = 120  # COVID-19 images in the covid-chestxray-dataset layout
-    image_size: PositiveInt = 256  # side of the written PNGs (ChestX-ray14's are 1024)
-    seed: NonNegativeInt = 0
-
-
-class CxrFolder(_Section):
-    """A user-supplied dataset: images in ``images`` and a CSV shaped like ChestX-ray14's Data_Entry_2017.csv."""
-
-    images: str = "data/external/cxr_folder/images"
-    labels_csv: str = "data/external/cxr_folder/labels.csv"
-    test_fraction: Probability = 0.2  # patient-level split when no split files are given
-
-
-class CxrData(_Section):
-    """Where cxr data comes from: procedural radiographs (default), NIH ChestX-ray14 + COVID-19, or a folder."""
-
-    source: Literal["synthetic", "nih", "folder"] = "synthetic"
-    image_size: PositiveInt = 64  # prepare resizes every radiograph to image_size × image_size (uint8)
-    nih_dir: str = "data/external/chestxray14"  # download cache of the 12 image archives and the CSV/split files
-    covid_dir: str = "data/external/covid-chestxray-dataset"  # the COVID-19 source (metadata.csv + images/)
-    include_covid: bool = True  # add the COVID-19 source's frontal X-rays (COVID-19 → label 15, others mapped)
-    val_fraction: Probability = 0.1  # patients of train_val held out for validation (threshold choice)
-    folder: CxrFolder = CxrFolder()
-    synthetic: SyntheticCxr = SyntheticCxr()
-
-
-class DataSettings(_Section):
-    pose3d: Pose3DData = Pose3DData()
-    pose2d: Pose2DData = Pose2DData()
-    cxr: CxrData = CxrData()
-
-
-class Experiment(_Section):
+class Experiment(Section):
     """The matrix: one train/evaluate run per task × attention × regime × seed."""
 
-    tasks: tuple[Literal[TASKS], ...] = ("pose3d",)  # type: ignore[valid-type]
+    tasks: tuple[TaskName, ...] = BUILTIN_TASKS
     attention: tuple[Literal[ATTENTIONS], ...] = ATTENTIONS  # type: ignore[valid-type]
-    regimes: tuple[RunNamePart, ...] = REGIMES
+    regimes: tuple[RunNamePart, ...] = ("noam", "linear_untuned", "exponential_untuned", "radam", "tfixup", "preln")
     seeds: tuple[NonNegativeInt, ...] = (0,)  # model init and batch order; the report gives mean ± std over seeds
 
     @field_validator("tasks", "attention", "regimes", "seeds")
@@ -262,10 +164,10 @@ class Experiment(_Section):
         return values
 
 
-class Baseline(_Section):
+class Baseline(Section):
     """A reference model (the MLP of Martinez et al. 2017), trained and evaluated like a run, reported as a row."""
 
-    task: Literal[TASKS]  # type: ignore[valid-type]
+    task: TaskName = "pose3d"
     regime: str = "radam"  # its optimiser and schedule; LayerNorm placement and init do not apply
     seed: NonNegativeInt = 0  # its own (not the matrix's): adding seeds to the matrix does not retrain it
     hidden: PositiveInt = 1024
@@ -273,31 +175,63 @@ class Baseline(_Section):
     dropout: Probability = 0.5
 
 
-class Tracking(_Section):
+class Tracking(Section):
     """MLflow settings. ``uri: null`` is the embedded local store; ``MLFLOW_TRACKING_URI`` overrides."""
 
     uri: str | None = None
     enabled: bool = True
 
 
-class Params(_Section):
+@functools.cache
+def _task_sections(kind: str, tasks: tuple[str, ...], registered: tuple[str, ...]) -> type[Section]:
+    """The schema of the top-level section ``kind`` (model, train or data): one sub-section per registered task,
+    required for the tasks of the experiment and optional for the others."""
+    fields: dict[str, Any] = {}
+    for name in registered:
+        section = getattr(task_settings(name), kind)
+        fields[name] = (section, ...) if name in tasks else (section | None, None)
+    return create_model(f"{kind.capitalize()}Sections", __base__=Section, **fields)
+
+
+class Params(Section):
     """The whole params.yaml."""
 
     threads: PositiveInt = 1  # CPU threads per train/evaluate process: float sums depend on it, so it is a param
-    experiment: Experiment = Experiment()
+    experiment: Experiment
     regimes: dict[RunNamePart, Regime]
-    model: Models = Models()
-    train: Trainings = Trainings()
-    data: DataSettings = DataSettings()
-    baselines: dict[Literal[BASELINES], Baseline] = {}  # type: ignore[valid-type]
+    model: SerializeAsAny[Section]  # one EncoderSettings subclass per task (_task_sections)
+    train: SerializeAsAny[Section]  # one TrainSettings subclass per task
+    data: SerializeAsAny[Section]  # one data section per task
+    baselines: dict[Literal[BASELINES], Baseline]  # type: ignore[valid-type]  ({} for none)
     tracking: Tracking = Tracking()
 
-    @model_validator(mode="after")
-    def _patches_tile_image(self) -> Params:
-        size, patch = self.data.cxr.image_size, self.model.cxr.patch_size
-        if size % patch:
-            raise ValueError(f"model.cxr.patch_size ({patch}) must divide data.cxr.image_size ({size})")
-        return self
+    @model_validator(mode="wrap")
+    @classmethod
+    def _with_task_sections(cls, raw: Any, handler: ValidatorFunctionWrapHandler) -> Params:
+        """Validate ``model``/``train``/``data`` against the registered tasks' settings, then the rest; every
+        error of both at once, each at its key path."""
+        if not isinstance(raw, dict):
+            return handler(raw)
+        experiment = raw.get("experiment")
+        listed = experiment.get("tasks") if isinstance(experiment, dict) else None
+        registered = registered_tasks()
+        tasks = tuple(t for t in listed if t in registered) if isinstance(listed, (list, tuple)) else ()
+        errors: list[Any] = []
+        sections = {}
+        for kind in TASK_SECTIONS:
+            if kind in raw and not isinstance(raw[kind], Section):
+                try:
+                    sections[kind] = _task_sections(kind, tasks, registered).model_validate(raw[kind])
+                except ValidationError as err:
+                    errors += [{**e, "loc": (kind, *e["loc"])} for e in err.errors()]
+        failed = {e["loc"][0] for e in errors}
+        try:
+            params = handler({**raw, **sections})
+        except ValidationError as err:
+            errors += [e for e in err.errors() if not (e["loc"] and e["loc"][0] in failed)]
+        if errors:
+            raise ValidationError.from_exception_data(cls.__name__, errors)
+        return params
 
     @model_validator(mode="after")
     def _regimes_are_defined(self) -> Params:
@@ -306,7 +240,16 @@ class Params(_Section):
         for key, names in used.items():
             unknown = [r for r in names if r not in self.regimes]
             if unknown:
-                raise ValueError(f"{key}: unknown regime {unknown}; defined under 'regimes:' are {sorted(self.regimes)}")
+                raise ValueError(f"{key}: unknown regime {unknown}; defined under 'regimes:' are "
+                                 f"{sorted(self.regimes)}")
+        return self
+
+    @model_validator(mode="after")
+    def _task_constraints(self) -> Params:
+        for task in self.experiment.tasks:
+            check = task_settings(task).check
+            if check is not None:
+                check(getattr(self.model, task), getattr(self.train, task), getattr(self.data, task))
         return self
 
     def hash(self) -> str:
@@ -331,7 +274,8 @@ class Params(_Section):
         for run in self.all_runs():
             if run.name == name:
                 return run
-        raise ParamsError(f"no run named '{name}' in the experiment matrix; runs are: {[r.name for r in self.all_runs()]}")
+        raise ParamsError(f"no run named '{name}' in the experiment matrix; runs are: "
+                          f"{[r.name for r in self.all_runs()]}")
 
     def run_config(self, run: Run) -> RunConfig:
         return RunConfig(
@@ -342,6 +286,13 @@ class Params(_Section):
             train=getattr(self.train, run.task),
             baseline=self.baselines[run.baseline] if run.baseline else None,
         )
+
+    def task_data(self, task: str) -> Section:
+        """The ``data.<task>`` section; ParamsError if params.yaml has none for ``task``."""
+        section = getattr(self.data, _registered_task_or_error(task), None)
+        if section is None:
+            raise ParamsError(f"params.yaml has no data.{task} section (needed to run the {task} task's stages)")
+        return section
 
 
 @dataclass(frozen=True)
@@ -368,7 +319,7 @@ class RunConfig:
     run: Run
     seed: int
     regime: Regime
-    model: ModelSettings
+    model: EncoderSettings
     train: TrainSettings
     baseline: Baseline | None = None
 

@@ -8,6 +8,10 @@ class UserError(Exception):
     """A problem the user can fix: the message names the file, record, step or params key, and what to do."""
 
 
+class ParamsError(UserError, ValueError):
+    """params.yaml is missing, unreadable or does not match the schema; the message names the key path."""
+
+
 class DataError(UserError, ValueError):
     """A data file is missing, malformed or corrupt, or could not be fetched; the message names file and record."""
 

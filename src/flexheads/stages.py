@@ -43,7 +43,7 @@ from flexheads.data.prepared import prepared_hash
 from flexheads.errors import DataError, WrongModel
 from flexheads.io import atomic_path, load_torch, read_json, save_torch, write_json
 from flexheads.nn import MultiHeadAttention
-from flexheads.tasks import task_module
+from flexheads.tasks import get_task
 from flexheads.train import CHECKPOINT, GRAD_BINS, checkpoint_matches, fit, pick_device, seed_everything
 
 RUN_ID_FILE = "mlflow_run_id"
@@ -58,7 +58,7 @@ def train_run(params: Params, run_name: str, data_h5: Path, out_dir: Path, devic
     """
     run = params.run(run_name)
     config = params.run_config(run)
-    task = task_module(run.task)
+    task = get_task(run.task)
     fingerprint = {"run_config": config.hash(), "data": prepared_hash(data_h5, run.task),
                    "code": code_hash("train", run.task)}
     torch.set_num_threads(params.threads)
@@ -135,7 +135,7 @@ def evaluate_run(params: Params, run_name: str, data_h5: Path, stats_json: Path,
     ``<out_json without .json>/<table>.csv`` (per action, per joint, per class, ...) and arrays the report draws
     (attention maps, examples, Grad-CAM maps) as ``<table>.npz``."""
     run = params.run(run_name)
-    task = task_module(run.task)
+    task = get_task(run.task)
     torch.set_num_threads(params.threads)
     model = load_model(model_dir / "model.pt", task.ARCHITECTURES, expected=params.run_config(run))
     trained = read_json(model_dir / "train.json")

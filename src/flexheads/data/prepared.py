@@ -4,14 +4,14 @@
 group's and dataset's name, attributes, dtype, shape and values, in name order.  Training records that hash in its
 checkpoint, so a checkpoint resumes only on the very data it was trained on.  :func:`open_prepared` turns a
 missing, empty, truncated or foreign file, and a read that fails inside it, into one :class:`DataError` that names
-the file.
+the file; :func:`read_split` reads whole datasets of one split group through it, naming any that is missing.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -51,6 +51,26 @@ def open_prepared(path: str | Path, task: str | None = None) -> Iterator[h5py.Fi
             yield h5
         except OSError as err:  # h5py reports a dataset cut short by a truncated file as OSError
             raise DataError(f"{path}: unreadable data ({first_line(err)}); {redo}") from None
+
+
+def read_split(h5_path: str | Path, task: str, split: str, names: Iterable[str],
+               optional: Iterable[str] = ()) -> dict[str, np.ndarray]:
+    """The datasets ``names`` of group ``split`` of ``task``'s prepared file, read whole, then those of
+    ``optional`` that the group holds (e.g. cxr's lesion masks, which only synthetic data has).
+
+    Raises:
+        DataError: as :func:`open_prepared`, or the group or one of ``names`` is missing; the message names the
+            file, the group and the dataset.
+    """
+    with open_prepared(h5_path, task) as h5:
+        if split not in h5:
+            raise DataError(f"{h5_path}: no '{split}' group; rerun `flexheads prepare {task}`")
+        group = h5[split]
+        names = list(names)
+        for name in names:
+            if name not in group:
+                raise DataError(f"{h5_path}: no dataset '{split}/{name}'; rerun `flexheads prepare {task}`")
+        return {name: group[name][:] for name in [*names, *(name for name in optional if name in group)]}
 
 
 def seal(h5: h5py.File, task: str) -> str:

@@ -1,6 +1,8 @@
 """What the tasks' evaluations share: the fixed samples they look at and the attention record the report draws.
 
 * ``VALIDATION_SAMPLES``: the most samples one validation call scores (the held-out metric of the training curves);
+* ``predict_batches``: a model's outputs on a sequence of input batches, in eval mode, without gradients, in
+  bfloat16 autocast on CUDA (every task's prediction loop);
 * ``evenly_spaced``: fixed rows spread over a split (validation subsets, the report's example samples), the same
   for every run of a task;
 * ``attention_record``: the arrays of ``metrics/<run>/attention.npz``: one input's attention probabilities per
@@ -9,13 +11,35 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 VALIDATION_SAMPLES = 512  # large enough for a stable curve, small enough for ~1 s per call on 2 CPU cores
+
+Output = TypeVar("Output")
+
+
+def first_output(model: nn.Module, inputs: Tensor) -> Any:
+    """``model(inputs)[0]``: the prediction of a model whose ``forward`` returns ``(prediction, attention)``."""
+    return model(inputs)[0]
+
+
+def predict_batches(model: nn.Module, batches: Iterable[Tensor], device: torch.device,
+                    forward: Callable[[nn.Module, Tensor], Output] = first_output) -> Iterator[Output]:
+    """``forward(model, batch)`` of each of ``batches`` moved to ``device``, in order, with ``model`` in eval mode
+    on ``device``, without gradients and, on CUDA, in bfloat16 autocast (full precision on CPU, so CPU results
+    are bit-identical run to run).  Only the forward runs under autocast: what the caller does with an output
+    (``.float()``, post-processing) runs outside it.  ``model`` is set up on the first batch drawn.
+    """
+    model.eval().to(device)
+    for batch in batches:
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            output = forward(model, batch.to(device))
+        yield output
 
 
 def evenly_spaced(n: int, k: int) -> np.ndarray:

@@ -12,18 +12,14 @@ Stage workers, each a function of its inputs and outputs:
 * ``evaluate``: COCO OKS AP/AR (pycocotools) on val2017, PCKh, PCK, PDJ, PCP, in image pixels, and the arrays of
   the report's figures (attention maps of one crop, predicted and true keypoints of a few).
 
-Coordinates are continuous pixels with ``(0, 0)`` the top-left corner of the top-left pixel, so pixel
-``(col, row)`` covers ``[col, col + 1) × [row, row + 1)`` (PIL's resampling convention and the synthetic data's).
-A crop is an axis-aligned scale + shift of its image; ``affine`` ``(2, 3)`` maps crop → image:
-``[x_img, y_img] = affine[:, :2] @ [x_crop, y_crop] + affine[:, 2]``.
+The crops' geometry (crop ↔ image pixels, its coordinate convention), their cutting and their augmentation are
+:mod:`flexheads.data.crops`; the h5 writer of ``prepare`` is :mod:`flexheads.data.pose2d_store`.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import tempfile
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,39 +27,33 @@ import h5py
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
-from PIL import Image
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from flexheads.config import Pose2DData, RunConfig
+from flexheads.config import RunConfig
 from flexheads.data import synthetic_coco
-from flexheads.data.prepared import open_prepared, seal
-from flexheads.data.coco import (
-    FLIP_PAIRS, KEYPOINT_NAMES, SKELETON, CocoFormatError, PersonRecord, download_coco, load_person_keypoints,
-)
-from flexheads.errors import DataError
+from flexheads.data.coco import KEYPOINT_NAMES, SKELETON, CocoFormatError, download_coco, load_person_keypoints
+from flexheads.data.crops import CROP_PADDING, FLIP_INDEX, apply_affine, as_input, augment, read_rgb
+from flexheads.data.pose2d_store import CropWriter, by_image
+from flexheads.data.prepared import open_prepared, read_split, seal
 from flexheads.io import atomic_path, replace_with_symlink, write_json
 from flexheads.metrics import pose2d as metrics
+from flexheads.models.config import encoder_config
 from flexheads.models.pose2d import KeypointPrediction, KeypointTransformer, Pose2DConfig, heatmap_targets
-from flexheads.tasks.evaluation import VALIDATION_SAMPLES, attention_record, evenly_spaced, grid_tokens
+from flexheads.tasks.settings.pose2d import SETTINGS, Pose2DData  # noqa: F401  (SETTINGS: a Task member)
+from flexheads.tasks.evaluation import (
+    VALIDATION_SAMPLES, attention_record, evenly_spaced, grid_tokens, predict_batches,
+)
 
 SPLITS = {"train": "train2017", "val": "val2017"}  # h5 group → COCO split
+NAME = "pose2d"
+TITLE = "2D human pose estimation"
 MAIN_METRIC = "AP"  # higher is better
-CROP_PADDING = 1.25  # box side × 1.25 after widening to the crop aspect (SimpleBaseline/HRNet)
+MAIN_METRIC_UNIT = "OKS, 0–1"
+LOSS_LABEL = "training loss: L1 (crop units) + heatmap CE"  # what keypoint_loss computes, in its units
 COCO_ARCHIVES = ("annotations_trainval2017.zip", "train2017.zip", "val2017.zip")
-
-# Training augmentation, drawn from each step's generator (light: the crops already hold 25% context).
-FLIP_PROBABILITY = 0.5
-MAX_ROTATION_DEG = 15.0  # uniform in ±15°
-MAX_SCALE_CHANGE = 0.15  # zoom uniform in [0.85, 1.15]
 HEATMAP_LOSS_WEIGHT = 1.0  # cross-entropy of the heatmaps to Gaussian targets, next to the coordinates' L1
 EXAMPLE_CROPS = 6  # val crops of examples.npz, evenly spaced over the split
-
-# Keypoint order of the mirror image: left and right swap.
-FLIP_INDEX = np.arange(len(KEYPOINT_NAMES))
-for _left, _right in FLIP_PAIRS:
-    FLIP_INDEX[[_left, _right]] = _right, _left
 
 
 # --- download -------------------------------------------------------------------------------------------------
@@ -99,65 +89,6 @@ def _annotation_json(raw_dir: Path, split: str) -> Path:
     return raw_dir / "annotations" / f"person_keypoints_{split}.json"
 
 
-# --- crop geometry --------------------------------------------------------------------------------------------
-
-
-def crop_affine(bbox: np.ndarray, crop_size: tuple[int, int], padding: float = CROP_PADDING) -> np.ndarray:
-    """Crop → image affine ``(2, 3)`` of the COCO box ``(x, y, w, h)``: the box centred, widened to the crop's
-    aspect ratio, then scaled by ``padding``; ``crop_size`` is ``(H, W)``."""
-    height, width = crop_size
-    x, y, w, h = (float(v) for v in bbox)
-    w_box, h_box = max(w, 1.0), max(h, 1.0)  # a degenerate box still gets a crop around its centre
-    if w_box > h_box * width / height:
-        h_box = w_box * height / width
-    scale = padding * h_box / height  # image pixels per crop pixel, the same along x and y
-    return np.array([[scale, 0.0, x + w / 2 - scale * width / 2],
-                     [0.0, scale, y + h / 2 - scale * height / 2]])  # fmt: skip
-
-
-def apply_affine(affine: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """``affine (..., 2, 3)`` applied to ``points (..., K, 2)`` → ``(..., K, 2)``."""
-    return points @ np.swapaxes(affine[..., :2], -1, -2) + affine[..., None, :, 2]
-
-
-def invert_affine(affine: np.ndarray) -> np.ndarray:
-    """The inverse map of ``affine (..., 2, 3)``."""
-    linear = np.linalg.inv(affine[..., :2])
-    return np.concatenate([linear, -(linear @ affine[..., 2:])], axis=-1)
-
-
-def crop_image(image: Image.Image, affine: np.ndarray, crop_size: tuple[int, int]) -> np.ndarray:
-    """The crop ``(H, W, 3)`` uint8 whose pixel ``(col, row)`` shows the image around ``affine @ (col + .5,
-    row + .5)``; outside the image is black.
-
-    An antialiased bilinear resize (PIL's ``resize`` with a sub-pixel ``box``) of a zero-padded region, which for
-    the scale + shift of :func:`crop_affine` is the affine warp without its aliasing when a crop shrinks a person.
-    """
-    height, width = crop_size
-    scale, x0, y0 = affine[0, 0], affine[0, 2], affine[1, 2]
-    if affine[0, 1] or affine[1, 0] or not math.isclose(affine[1, 1], scale):
-        raise ValueError(f"crop_image takes an axis-aligned, isotropic scale + shift, got {affine.tolist()}")
-    x1, y1 = x0 + scale * width, y0 + scale * height
-    margin = math.ceil(scale) + 1  # the resampling filter's reach (1 crop pixel), so no edge is renormalised
-    left, top = math.floor(x0) - margin, math.floor(y0) - margin
-    region = image.crop((left, top, math.ceil(x1) + margin, math.ceil(y1) + margin))  # zero-filled outside
-    box = (x0 - left, y0 - top, x1 - left, y1 - top)
-    return np.asarray(region.resize((width, height), Image.Resampling.BILINEAR, box=box))
-
-
-def _read_rgb(path: Path, size: tuple[int, int]) -> Image.Image:
-    """Decode ``path`` completely as RGB; ``CocoFormatError`` naming it if it is unreadable or not ``size``."""
-    try:
-        with Image.open(path) as image:
-            image.load()  # decode every pixel here: a truncated file fails now, naming its path
-            rgb = image.convert("RGB")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise CocoFormatError(f"{path}: not a readable image ({type(err).__name__}: {err})") from err
-    if rgb.size != size:
-        raise CocoFormatError(f"{path} is {rgb.size[0]}x{rgb.size[1]}, the annotation file says {size[0]}x{size[1]}")
-    return rgb
-
-
 # --- prepare --------------------------------------------------------------------------------------------------
 
 
@@ -184,10 +115,10 @@ def prepare(data: Pose2DData, raw_dir: Path, out_h5: Path, stats_json: Path) -> 
             if not records:
                 raise CocoFormatError(f"{annotation_json}: no person with a labelled keypoint to crop")
             group = h5.create_group(group_name)
-            writer = _CropWriter(group, crop_size)
-            for image_records in tqdm(_by_image(records), desc=f"prepare {group_name}", unit="image", disable=None):
+            writer = CropWriter(group, crop_size)
+            for image_records in tqdm(by_image(records), desc=f"prepare {group_name}", unit="image", disable=None):
                 first = image_records[0]
-                image = _read_rgb(_image_dir(raw_dir, split) / first.file_name, first.image_size)
+                image = read_rgb(_image_dir(raw_dir, split) / first.file_name, first.image_size)
                 for record in image_records:
                     writer.append(image, record)
             stats["splits"][group_name] = writer.close()
@@ -199,89 +130,11 @@ def prepare(data: Pose2DData, raw_dir: Path, out_h5: Path, stats_json: Path) -> 
     return stats
 
 
-def _by_image(records: list[PersonRecord]) -> list[list[PersonRecord]]:
-    """Records grouped by image, in order of first appearance (each image is decoded once)."""
-    groups: dict[int, list[PersonRecord]] = {}
-    for record in records:
-        groups.setdefault(record.image_id, []).append(record)
-    return list(groups.values())
-
-
-class _CropWriter:
-    """Appends crops in blocks to the resizable, chunked datasets of one split group, and summarises them."""
-
-    BLOCK = 256  # rows buffered between writes
-
-    def __init__(self, group: h5py.Group, crop_size: tuple[int, int]) -> None:
-        self.group, self.crop_size = group, crop_size
-        self.buffer: dict[str, list[np.ndarray]] = {}
-        self.rows = 0
-        self.images: set[int] = set()
-        self.labelled = np.zeros(len(KEYPOINT_NAMES))  # per keypoint: rows where v > 0
-        self.sum_xy = np.zeros((len(KEYPOINT_NAMES), 2))  # and the sum of their normalised crop coordinates
-
-    def append(self, image: Image.Image, record: PersonRecord) -> None:
-        affine = crop_affine(record.bbox, self.crop_size)
-        visible = record.keypoints[:, 2] > 0
-        keypoints = np.where(visible[:, None], apply_affine(invert_affine(affine), record.keypoints[:, :2]), 0.0)
-        row = {
-            "images": crop_image(image, affine, self.crop_size),
-            "keypoints": keypoints.astype(np.float32),
-            "visible": visible,
-            "keypoints_image": record.keypoints.astype(np.float32),
-            "affine": affine.astype(np.float32),
-            "image_id": np.int64(record.image_id),
-            "annotation_id": np.int64(record.annotation_id),
-            "bbox": record.bbox.astype(np.float32),
-            "area": np.float32(record.area),
-        }
-        for name, value in row.items():
-            self.buffer.setdefault(name, []).append(value)
-        self.images.add(record.image_id)
-        self.labelled += visible
-        self.sum_xy += keypoints / np.array(self.crop_size[::-1]) * visible[:, None]
-        if len(self.buffer["images"]) >= self.BLOCK:
-            self._flush()
-
-    def _flush(self) -> None:
-        n = len(self.buffer.get("images", ()))
-        for name, values in self.buffer.items():
-            block = np.stack(values)
-            if name not in self.group:
-                chunk_rows = 16 if name == "images" else 4096  # images: ~0.6 MB chunks at 128×96
-                self.group.create_dataset(name, shape=(0, *block.shape[1:]), maxshape=(None, *block.shape[1:]),
-                                          dtype=block.dtype, chunks=(chunk_rows, *block.shape[1:]), compression="gzip")
-            dataset = self.group[name]
-            dataset.resize(self.rows + n, axis=0)
-            dataset[self.rows :] = block
-        self.rows += n
-        self.buffer = {}
-
-    def close(self) -> dict[str, Any]:
-        """Write what is buffered; return counts, the labelled fraction per keypoint and the mean pose."""
-        self._flush()
-        mean_pose = np.where(self.labelled[:, None] > 0, self.sum_xy / np.maximum(self.labelled, 1)[:, None], 0.5)
-        self.group.attrs["keypoints_mean"] = mean_pose  # normalised crop coordinates, (17, 2)
-        return {
-            "rows": self.rows,  # persons
-            "images": len(self.images),
-            "labelled_fraction": dict(zip(KEYPOINT_NAMES, (self.labelled / self.rows).round(4).tolist())),
-            "keypoints_mean": mean_pose.round(6).tolist(),
-        }
-
-
 # --- training -------------------------------------------------------------------------------------------------
 
 
-def _read_split(h5_path: Path, split: str, names: Iterable[str]) -> dict[str, np.ndarray]:
-    with open_prepared(h5_path, "pose2d") as h5:
-        if split not in h5:
-            raise DataError(f"{h5_path}: no '{split}' group; rerun `flexheads prepare pose2d`")
-        return {name: h5[split][name][:] for name in names}
-
-
 ARCHITECTURES = {  # class name saved in model.pt → its constructor (a saved model never fetches weights)
-    "KeypointTransformer": lambda config: KeypointTransformer(Pose2DConfig(**config), load_pretrained=False),
+    "KeypointTransformer": lambda config: KeypointTransformer(Pose2DConfig.from_dict(config), load_pretrained=False),
 }
 
 
@@ -291,45 +144,9 @@ def build_model(config: RunConfig, h5_path: Path) -> KeypointTransformer:
     with open_prepared(h5_path, "pose2d") as h5:
         crop_size = tuple(int(v) for v in h5.attrs["crop_size"])
     return KeypointTransformer(Pose2DConfig(
-        input_size=crop_size, backbone=m.backbone, backbone_stride=m.backbone_stride, pretrained=m.pretrained,
-        d_model=m.d_model, n_heads=m.n_heads, d_head=config.d_head, n_layers=m.n_layers, d_ff=m.d_ff,
-        dropout=m.dropout, activation=m.activation,
-        norm=config.regime.norm, init=config.regime.init, flip_test=config.train.flip_test,
+        n_keypoints=len(KEYPOINT_NAMES), input_size=crop_size, backbone=m.backbone, backbone_stride=m.backbone_stride,
+        pretrained=m.pretrained, flip_test=config.train.flip_test, encoder=encoder_config(config),
     ))
-
-
-def augment(rng: np.random.Generator, images: np.ndarray, keypoints: np.ndarray,
-            visible: np.ndarray) -> tuple[Tensor, np.ndarray, np.ndarray]:
-    """Random mirror, rotation about the crop centre and zoom, drawn from ``rng``.
-
-    Args:
-        images: uint8 ``(B, H, W, 3)``. keypoints: ``(B, 17, 2)`` crop pixels. visible: bool ``(B, 17)``.
-    Returns:
-        float images ``(B, 3, H, W)`` in [0, 1] (bilinear, black outside the crop), keypoints in the new crops'
-        pixels (left/right swapped where mirrored) and ``visible`` without keypoints that left the crop.
-    """
-    b, height, width = images.shape[:3]
-    flip = rng.random(b) < FLIP_PROBABILITY
-    angle = np.deg2rad(rng.uniform(-MAX_ROTATION_DEG, MAX_ROTATION_DEG, b))
-    zoom = rng.uniform(1 - MAX_SCALE_CHANGE, 1 + MAX_SCALE_CHANGE, b)
-    # output → source pixels: about the centre c, src = c + R(-angle) (out - c) / zoom, then mirrored: x → W - x
-    cos, sin = np.cos(angle) / zoom, np.sin(angle) / zoom
-    linear = np.stack([np.stack([cos, sin], -1), np.stack([-sin, cos], -1)], -2)  # (B, 2, 2)
-    linear[flip, 0] *= -1
-    centre = np.array([width / 2, height / 2])
-    out_to_src = np.concatenate([linear, (centre - linear @ centre)[..., None]], axis=-1)  # (B, 2, 3)
-
-    rows, cols = np.meshgrid(np.arange(height) + 0.5, np.arange(width) + 0.5, indexing="ij")
-    src = apply_affine(out_to_src, np.stack([cols, rows], -1).reshape(-1, 2)[None])  # (B, H*W, 2) source pixels
-    grid = torch.from_numpy((src / [width, height] * 2 - 1).reshape(b, height, width, 2).astype(np.float32))
-    pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)  # (B, 3, H, W)
-    warped = F.grid_sample(pixels, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-
-    moved = apply_affine(invert_affine(out_to_src), keypoints.astype(np.float64))
-    moved[flip] = moved[flip][:, FLIP_INDEX]
-    visible = np.where(flip[:, None], visible[:, FLIP_INDEX], visible)
-    inside = (moved >= 0).all(-1) & (moved[..., 0] < width) & (moved[..., 1] < height)
-    return warped, moved, visible & inside
 
 
 def keypoint_loss(prediction: KeypointPrediction, target: Tensor, visible: Tensor, heatmap_target: Tensor) -> Tensor:
@@ -350,7 +167,7 @@ def training_batches(
     The train crops are held in memory as uint8 (36 KB each at 128×96: ~5.5 GB for COCO train2017's 150k people).
     A batch is ``(images (B, 3, H, W) in [0, 1], keypoints (B, 17, 2) normalised, visible (B, 17))``.
     """
-    train = _read_split(h5_path, "train", ("images", "keypoints", "visible"))
+    train = read_split(h5_path, "pose2d", "train", ("images", "keypoints", "visible"))
     n, height, width = train["images"].shape[:3]
     batch_size = config.train.batch_size
 
@@ -373,26 +190,21 @@ def training_batches(
 # --- evaluation -----------------------------------------------------------------------------------------------
 
 
-def _as_input(images: np.ndarray) -> Tensor:
-    """uint8 crops ``(B, H, W, 3)`` → the model's input ``(B, 3, H, W)`` in [0, 1]."""
-    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
-
-
-@torch.no_grad()
 def predict(model: KeypointTransformer, images: np.ndarray, batch_size: int, device: torch.device,
             flip_test: bool) -> tuple[np.ndarray, np.ndarray]:
     """Normalised crop coordinates ``(N, 17, 2)`` and confidences (heatmap peaks) ``(N, 17)`` of uint8 crops
     ``(N, H, W, 3)``; with ``flip_test`` the average over each crop and its mirror image (mapped back)."""
-    model.eval().to(device)
     mirror_index = torch.from_numpy(FLIP_INDEX).to(device)
+
+    def views(model: nn.Module, batch: Tensor) -> list[KeypointPrediction]:
+        """The predictions of a batch ``(B, 3, H, W)`` and, with flip test, of its mirror image."""
+        return [model.predict(view) for view in ([batch, batch.flip(-1)] if flip_test else [batch])]
+
+    batches = (as_input(images[start : start + batch_size]) for start in range(0, len(images), batch_size))
     coords, probabilities = [], []
-    for start in range(0, len(images), batch_size):
-        batch = _as_input(images[start : start + batch_size]).to(device)  # (B, 3, H, W)
-        views = [batch, batch.flip(-1)] if flip_test else [batch]
+    for outputs in predict_batches(model, batches, device, views):
         xy, p = [], []
-        for view, mirrored in zip(views, (False, True)):
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                out = model.predict(view)
+        for out, mirrored in zip(outputs, (False, True)):
             c, v = out.coords.float(), out.confidence.float()
             if mirrored:  # x → 1 - x and left ↔ right undo the mirror
                 c = torch.stack([1 - c[..., 0], c[..., 1]], -1)[:, mirror_index]
@@ -492,10 +304,9 @@ def evaluate(model: nn.Module, h5_path: Path, stats: dict[str, Any], batch_size:
       (target 0 where unlabelled), ``visible`` bool ``(K, 17)`` (labelled), ``joint_names`` str ``(17,)``,
       ``skeleton`` int64 ``(E, 2)`` COCO's limbs as 0-based keypoint indices.
     """
-    val = _read_split(h5_path, "val", ("images", "keypoints", "visible", "keypoints_image", "affine", "image_id",
-                                       "bbox"))
-    with open_prepared(h5_path, "pose2d") as h5:
-        gt_bytes = h5["val"]["coco_gt_json"][:].tobytes()
+    val = read_split(h5_path, "pose2d", "val", ("images", "keypoints", "visible", "keypoints_image", "affine",
+                                                 "image_id", "bbox", "coco_gt_json"))
+    gt_bytes = val["coco_gt_json"].tobytes()
     height, width = val["images"].shape[1:3]
     to_pixels = np.array([width, height])
     affine = val["affine"].astype(np.float64)
@@ -537,11 +348,15 @@ def evaluate(model: nn.Module, h5_path: Path, stats: dict[str, Any], batch_size:
         "target": val["keypoints"][shown].astype(np.float32), "visible": val["visible"][shown],
         "joint_names": np.asarray(KEYPOINT_NAMES, dtype=str), "skeleton": np.asarray(SKELETON, dtype=np.int64) - 1,
     }
-    attention = attention_record(model, _as_input(val["images"][:1]), device, tokens=grid_tokens(*model.config.grid),
+    attention = attention_record(model, as_input(val["images"][:1]), device, tokens=grid_tokens(*model.config.grid),
                                  grid=model.config.grid, image=val["images"][0])
     return headline, {"per_joint": per_joint, "per_limb": per_limb, "examples": examples, "attention": attention}
 
 
+REPORT_FIGURES = (  # (suffix, kind): figure pose2d_<suffix>, drawn by the report's figure kind <kind>
+    ("skeletons", "skeletons_2d"),
+    ("per_joint", "per_joint"),
+)
 REPORT_CAPTION = (
     "pose2d (COCO val2017 person keypoints, top-down crops of the ground-truth boxes): OKS AP/AR by COCOeval; "
     "PCKh@0.5 with the head size estimated from ears, eyes or torso; PCK@0.2 of the box diagonal; strict PCP@0.5. "

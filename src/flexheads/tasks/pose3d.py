@@ -28,18 +28,23 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from flexheads.config import ParamsError, Pose3DData, RunConfig
+from flexheads.config import ParamsError, RunConfig
 from flexheads.data import h36m, synthetic_h36m
-from flexheads.data.prepared import open_prepared, seal
-from flexheads.errors import DataError
+from flexheads.data.prepared import open_prepared, read_split, seal
 from flexheads.io import atomic_path, write_json
 from flexheads.metrics import pose3d as metrics
 from flexheads.models.baselines import MartinezConfig, MartinezMLP
+from flexheads.models.config import encoder_config
 from flexheads.models.lifter import LifterConfig, PoseLifter, mpjpe_loss
-from flexheads.tasks.evaluation import VALIDATION_SAMPLES, attention_record, evenly_spaced
+from flexheads.tasks.settings.pose3d import SETTINGS, Pose3DData  # noqa: F401  (SETTINGS: a Task member)
+from flexheads.tasks.evaluation import VALIDATION_SAMPLES, attention_record, evenly_spaced, predict_batches
 
 SPLITS = {"train": h36m.TRAIN_SUBJECTS, "test": h36m.TEST_SUBJECTS}
+NAME = "pose3d"
+TITLE = "3D human pose lifting"
 MAIN_METRIC = "mpjpe"  # lower is better
+MAIN_METRIC_UNIT = "mm"
+LOSS_LABEL = "training loss: MPJPE (m)"  # what mpjpe_loss computes, in its units
 EXAMPLE_FRAMES = 4  # test frames of examples.npz, evenly spaced over the split
 
 
@@ -187,11 +192,9 @@ class Split:
 
     @classmethod
     def load(cls, h5_path: Path, split: str) -> Split:
-        with open_prepared(h5_path, "pose3d") as h5:
-            if split not in h5:
-                raise DataError(f"{h5_path}: no '{split}' group; rerun `flexheads prepare pose3d`")
-            g = h5[split]
-            return cls(g["keypoints_2d"][:], g["pose_3d"][:], g["action"][:].astype(str), g["frame"][:], g["chunk"][:])
+        """Group ``split`` of pose3d.h5 read whole (DataError naming the file and what is missing)."""
+        g = read_split(h5_path, "pose3d", split, ("keypoints_2d", "pose_3d", "action", "frame", "chunk"))
+        return cls(g["keypoints_2d"], g["pose_3d"], g["action"].astype(str), g["frame"], g["chunk"])
 
     def windows(self, rows: np.ndarray, window: int) -> np.ndarray:
         """2D inputs ``(len(rows), window, 17, 2)`` centred on ``rows``, edge frames repeated within each chunk."""
@@ -204,8 +207,8 @@ class Split:
 
 
 ARCHITECTURES = {  # class name saved in model.pt → its constructor from the saved config
-    "PoseLifter": lambda config: PoseLifter(LifterConfig(**config)),
-    "MartinezMLP": lambda config: MartinezMLP(MartinezConfig(**config)),
+    "PoseLifter": lambda config: PoseLifter(LifterConfig.from_dict(config)),
+    "MartinezMLP": lambda config: MartinezMLP(MartinezConfig.from_dict(config)),
 }
 
 
@@ -213,12 +216,11 @@ def build_model(config: RunConfig, h5_path: Path) -> PoseLifter | MartinezMLP:
     """The run's lifter (or baseline MLP), standardised with the training split's per-joint statistics."""
     m, b = config.model, config.baseline
     if b is not None:
-        model = MartinezMLP(MartinezConfig(window=m.window, hidden=b.hidden, n_blocks=b.n_blocks, dropout=b.dropout))
+        model = MartinezMLP(MartinezConfig(n_joints=len(h36m.JOINT_NAMES), window=m.window, hidden=b.hidden,
+                                           n_blocks=b.n_blocks, dropout=b.dropout))
     else:
-        model = PoseLifter(LifterConfig(
-            window=m.window, d_model=m.d_model, n_heads=m.n_heads, d_head=config.d_head, n_layers=m.n_layers,
-            d_ff=m.d_ff, dropout=m.dropout, activation=m.activation, norm=config.regime.norm, init=config.regime.init,
-        ))
+        model = PoseLifter(LifterConfig(n_joints=len(h36m.JOINT_NAMES), window=m.window,
+                                        encoder=encoder_config(config)))
     with open_prepared(h5_path, "pose3d") as h5:
         stats = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in h5["train"].attrs.items()}
     model.input_norm.set_(stats["keypoints_2d_mean"], stats["keypoints_2d_std"])
@@ -249,17 +251,11 @@ def training_batches(
 # --- evaluation -----------------------------------------------------------------------------------------------
 
 
-@torch.no_grad()
 def lift(model: nn.Module, batches: Iterable[np.ndarray], device: torch.device) -> np.ndarray:
     """Root-relative 3D predictions ``(N, 17, 3)`` in metres of batches of 2D windows ``(B, W, 17, 2)``, in eval
-    mode, concatenated."""
-    model.eval().to(device)
-    out = []
-    for windows in batches:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            pred, _ = model(torch.from_numpy(windows).to(device))
-        out.append(pred.float().cpu().numpy())
-    return np.concatenate(out)
+    mode (:func:`flexheads.tasks.evaluation.predict_batches`), concatenated."""
+    inputs = (torch.from_numpy(windows) for windows in batches)
+    return np.concatenate([pred.float().cpu().numpy() for pred in predict_batches(model, inputs, device)])
 
 
 def predict(model: nn.Module, split: Split, batch_size: int, device: torch.device) -> np.ndarray:
@@ -370,6 +366,10 @@ def evaluate(model: nn.Module, h5_path: Path, stats: dict[str, Any], batch_size:
     return headline, tables
 
 
+REPORT_FIGURES = (  # (suffix, kind): figure pose3d_<suffix>, drawn by the report's figure kind <kind>
+    ("skeletons", "skeletons_3d"),
+    ("per_joint", "per_joint"),
+)
 REPORT_CAPTION = (
     "pose3d (Human3.6M protocol, test S9 S11): errors in mm. MPJPE and P-MPJPE are the unweighted mean over "
     "the 15 actions; 'frames' columns average over all test frames."

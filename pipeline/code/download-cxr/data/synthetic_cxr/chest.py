@@ -1,0 +1,1 @@
+../../../../../src/flexheads/data/synthetic_cxr/chest.py

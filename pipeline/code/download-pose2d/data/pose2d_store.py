@@ -1,0 +1,1 @@
+../../../../src/flexheads/data/pose2d_store.py

@@ -1,0 +1,1 @@
+../../../../../src/flexheads/data/synthetic_coco/files.py

@@ -1,1 +1,0 @@
-../../../../src/flexheads/data/synthetic_cxr.py

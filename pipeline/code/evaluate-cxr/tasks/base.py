@@ -1,0 +1,1 @@
+../../../../src/flexheads/tasks/base.py

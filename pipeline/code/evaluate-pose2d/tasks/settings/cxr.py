@@ -1,0 +1,1 @@
+../../../../../src/flexheads/tasks/settings/cxr.py

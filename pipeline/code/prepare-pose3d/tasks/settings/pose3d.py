@@ -1,0 +1,1 @@
+../../../../../src/flexheads/tasks/settings/pose3d.py

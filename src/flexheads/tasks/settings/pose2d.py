@@ -1,0 +1,43 @@
+"""The pose2d task's params.yaml sections: ``model.pose2d``, ``train.pose2d``, ``data.pose2d`` (defaults here,
+stated again in params.yaml)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from flexheads.config import EncoderSettings, NonNegativeInt, PositiveFloat, PositiveInt, Section, TrainSettings
+from flexheads.tasks.base import TaskSettings
+
+
+class Pose2DModel(EncoderSettings):
+    backbone: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"
+    pretrained: bool = False  # ImageNet weights (downloaded by torchvision; needs a network)
+    backbone_stride: Literal[8, 16] = 8  # 8: the trunk stops after layer2, 16: after layer3
+
+
+class Pose2DTrain(TrainSettings):
+    batch_size: PositiveInt = 32
+    lr_scale: PositiveFloat = 0.5  # the CNN trunk wants half the transformer-only rate
+    flip_test: bool = True  # average the prediction of the crop and of its mirror image at evaluation
+
+
+class SyntheticPose2D(Section):
+    """Size of the rendered synthetic COCO written by the pose2d ``download`` stage."""
+
+    n_train_images: PositiveInt = 800
+    n_val_images: PositiveInt = 150
+    image_size: tuple[PositiveInt, PositiveInt] = (320, 240)  # width, height
+    max_people: PositiveInt = 3
+    seed: NonNegativeInt = 0
+
+
+class Pose2DData(Section):
+    """Where pose2d data comes from: rendered people (default) or COCO 2017 person keypoints."""
+
+    source: Literal["synthetic", "coco"] = "synthetic"
+    coco_dir: str = "data/external/coco"  # download cache of the official archives (source: coco)
+    crop_size: tuple[PositiveInt, PositiveInt] = (64, 48)  # person crop height, width (COCO's 4:3 aspect)
+    synthetic: SyntheticPose2D = SyntheticPose2D()
+
+
+SETTINGS = TaskSettings(model=Pose2DModel, train=Pose2DTrain, data=Pose2DData)
