@@ -1,10 +1,13 @@
 """Attention maps of one fixed test input (thesis fig. 3.17), from the evaluate stage's
-``metrics/<run>/attention.npz`` (``weights (layers, heads, N, N)``, ``tokens (N,)``, ``grid (2,)``, ``image``).
+``metrics/<run>/attention.npz`` (``weights (layers, heads, N, N)``, ``tokens (N,)``, ``grid (2,)``, ``image``):
+two figure kinds, each drawn for the task it is given.
 
-* ``<task>_attention``: one row per attention variant of one regime, the last layer's first heads as N×N
-  query × key heat maps, beside the input (2D joints, person crop or radiograph);
-* ``cxr_attention_cls``: the CLS token's attention to the patches, reshaped to the patch grid and laid over
-  the radiograph.
+* ``attention`` (every task's ``<task>_attention``): one row per attention variant of one regime, the last layer's
+  first heads as N×N query × key heat maps, beside the input: 2D points when the tokens form no grid (``grid``
+  ``(0, 0)``) and ``image`` is ``(K, 2)`` (e.g. pose3d's 2D joints, with their bones when the tokens name a known
+  skeleton's joints), else an image (e.g. a person crop or a radiograph);
+* ``cls_attention`` (e.g. ``cxr_attention_cls``): the CLS token's attention to the patches, reshaped to the patch
+  grid and laid over the (grey-scale) image.
 """
 
 from __future__ import annotations
@@ -18,13 +21,14 @@ from matplotlib.colors import Normalize, PowerNorm
 from matplotlib.ticker import MaxNLocator
 
 from flexheads.config import Params, Run
-from flexheads.data.h36m import PARENTS
+from flexheads.data import h36m
 from flexheads.report.inputs import first_of_each, pick_regime, read_npz, task_runs
 from flexheads.report.style import SMALL_FONT
 
 HEADS_SHOWN = 4
 TOKEN_LABELS_UP_TO = 24  # name every token on the axes only when they stay readable
 KEYS = ("weights", "tokens", "grid", "image")
+SKELETONS = {h36m.JOINT_NAMES: h36m.PARENTS}  # point tokens' joint names → each joint's parent (-1: the root)
 
 
 def attention_runs(params: Params, task: str) -> tuple[str, list[Run]]:
@@ -48,9 +52,17 @@ def _head_width(params: Params, task: str, attention: str) -> int:
     return model.d_head(attention) or model.d_model // model.n_heads
 
 
-def _draw_input(ax: plt.Axes, task: str, image: np.ndarray) -> None:
-    if task == "pose3d":  # the 2D input joints in camera pixels, y pointing down
-        for joint, parent in enumerate(PARENTS):
+def _is_points(image: np.ndarray, grid: np.ndarray) -> bool:
+    """Whether the record's input is 2D points ``(K, 2)`` (tokens without a grid) rather than an image."""
+    return int(np.prod(grid)) == 0 and image.ndim == 2 and image.shape[1] == 2
+
+
+def _draw_input(ax: plt.Axes, image: np.ndarray, grid: np.ndarray, tokens: np.ndarray) -> None:
+    """The input of an attention record: points (image pixels, y pointing down; bones too when the tokens name
+    the joints of a skeleton of :data:`SKELETONS`) or an image."""
+    if _is_points(image, grid):
+        parents = SKELETONS.get(tuple(str(t) for t in tokens), ())
+        for joint, parent in enumerate(parents):
             if parent >= 0:
                 ax.plot(*image[[joint, parent]].T, color="0.3", lw=1.5)
         ax.scatter(*image.T, s=12, color="C3", zorder=3)
@@ -78,7 +90,7 @@ def attention_figure(params: Params, task: str, metrics_dir: Path) -> plt.Figure
     mosaic = [["input"] + [f"{i},{h}" for h in range(heads)] for i in range(len(runs))]
     figure, axes = plt.subplot_mosaic(mosaic, figsize=(cell * (heads + 1) + 1.6, cell * len(runs) + 1.0),
                                       layout="constrained", width_ratios=[1.15] + [1] * heads)
-    _draw_input(axes["input"], task, arrays[0]["image"])
+    _draw_input(axes["input"], arrays[0]["image"], arrays[0]["grid"], arrays[0]["tokens"])
     norm = PowerNorm(0.5, vmin=0.0, vmax=max(float(w.max()) for w in weights))
     for i, (run, w) in enumerate(zip(runs, weights)):
         for h in range(heads):
@@ -124,8 +136,8 @@ def _token_note(tokens: np.ndarray, grid: np.ndarray) -> str:
 
 
 def _cls_and_patches(tokens: np.ndarray, grid: np.ndarray) -> tuple[int, np.ndarray]:
-    """Index of the ``CLS`` token and the patch tokens' indices in grid (row-major) order, as cxr's evaluate
-    names them (``CLS``, then ``r{row}c{col}``)."""
+    """Index of the ``CLS`` token and the patch tokens' indices in grid (row-major) order, as a ViT task's
+    evaluate names them (e.g. cxr's: ``CLS``, then ``r{row}c{col}``)."""
     names = [str(t) for t in tokens]
     if "CLS" not in names or len(names) != int(np.prod(grid)) + 1:
         raise ValueError(f"attention.npz: expected a 'CLS' token and the {tuple(grid)} grid's patch tokens, "
@@ -134,8 +146,8 @@ def _cls_and_patches(tokens: np.ndarray, grid: np.ndarray) -> tuple[int, np.ndar
     return cls, np.array([i for i in range(len(names)) if i != cls])
 
 
-def cls_attention_figure(params: Params, metrics_dir: Path) -> plt.Figure:
-    regime, runs, arrays = _read(params, "cxr", metrics_dir)
+def cls_attention_figure(params: Params, task: str, metrics_dir: Path) -> plt.Figure:
+    regime, runs, arrays = _read(params, task, metrics_dir)
     heads = min(HEADS_SHOWN, min(a["weights"].shape[1] for a in arrays))
     columns = ["image"] + [f"head {h + 1}" for h in range(heads)] + ["mean of all heads"]
     figure, axes = plt.subplots(len(runs), len(columns), figsize=(1.9 * len(columns) + 1.4, 2.0 * len(runs) + 0.8),
@@ -159,8 +171,8 @@ def cls_attention_figure(params: Params, metrics_dir: Path) -> plt.Figure:
             ax.grid(False)
             if i == 0:
                 ax.set_title(columns[j])
-        axes[i, 0].set_ylabel(f"{run.name}\n{run.attention}, d_head = {_head_width(params, 'cxr', run.attention)}")
+        axes[i, 0].set_ylabel(f"{run.name}\n{run.attention}, d_head = {_head_width(params, task, run.attention)}")
     scale = ScalarMappable(Normalize(0, 1), cmap="inferno")  # the overlays' colours without their transparency
     figure.colorbar(scale, ax=axes, shrink=0.8, label="CLS attention / the map's maximum")
-    figure.suptitle(f"cxr: last-layer attention of the CLS token to the {rows}×{cols} patches, regime {regime}")
+    figure.suptitle(f"{task}: last-layer attention of the CLS token to the {rows}×{cols} patches, regime {regime}")
     return figure

@@ -5,11 +5,22 @@ Names are ``<task>_<what>`` for task figures and plain for the task-independent 
 by prefix); :func:`figure_plan` lists them in report order with the files each reads:
 
 * ``positional_encoding``, ``noam_schedule``, ``warmup_comparison``: thesis figs. 3.13-3.15 (library only);
-* per task of the matrix: ``<task>_curves`` (``history.csv``), ``<task>_grad_histograms`` (fig. 3.16,
-  ``grad_histograms.json``), ``<task>_attention`` (fig. 3.17, ``attention.npz``);
-* pose3d / pose2d: ``<task>_skeletons`` (the best run's ``examples.npz``), ``<task>_per_joint``
-  (``per_joint.csv``);
-* cxr: ``cxr_attention_cls`` (``attention.npz``), ``cxr_gradcam`` (``gradcam.npz``; no figure on data without
+* per task of the matrix, in its order, the figures of :data:`COMMON_FIGURES` (``<task>_curves``,
+  ``<task>_grad_histograms``, ``<task>_attention``), then the task's own: each task module declares
+  ``REPORT_FIGURES``, pairs ``(suffix, kind)``, and figure ``<task>_<suffix>`` is drawn by the figure kind
+  ``<kind>`` of :data:`FIGURE_KINDS`, given the task's name (e.g. pose3d's ``("skeletons", "skeletons_3d")``
+  gives ``pose3d_skeletons``).
+
+The kinds, each generic over the task it is given (the stage files it reads are in its module's docstring):
+
+* ``curves``: training curves (``models/<run>/history.csv``);
+* ``grad_histograms``: thesis fig. 3.16 (``models/<run>/grad_histograms.json``);
+* ``attention``: thesis fig. 3.17, N×N attention maps (``metrics/<run>/attention.npz``);
+* ``cls_attention``: the CLS token's attention over the patch grid (``attention.npz``);
+* ``skeletons_3d`` / ``skeletons_2d``: the best run's test examples as 3D skeletons / keypoints over image crops
+  (``metrics/<run>.json``, ``examples.npz``);
+* ``per_joint``: runs × joints heat map of the task's per-joint breakdown (``per_joint.csv``);
+* ``gradcam``: Grad-CAM maps over the true lesions (``gradcam.npz``; all-or-none: no figure on data without
   lesion masks, where no run writes it).
 
 Every input of every figure is checked before anything is drawn: one ``MissingInputs`` (a ``DataError``) lists them all.
@@ -35,6 +46,7 @@ from flexheads.report import thesis_figures as thesis
 from flexheads.report import training_figures as training
 from flexheads.report.inputs import MissingInputs
 from flexheads.report.style import figure_style
+from flexheads.tasks import get_task
 
 
 @dataclass(frozen=True)
@@ -44,7 +56,7 @@ class FigureSpec:
     name: str
     draw: Callable[[], plt.Figure | None]  # None only when an all-or-none figure has no inputs at all
     inputs: list[Path] = field(default_factory=list)
-    all_or_none: bool = False  # cxr_gradcam: inputs exist for every run or (real radiographs) for none
+    all_or_none: bool = False  # e.g. Grad-CAM: inputs exist for every run or (data without lesion masks) for none
 
     def missing(self) -> list[Path]:
         absent = [p for p in self.inputs if not p.exists()]
@@ -66,6 +78,41 @@ def save_figure(figure: plt.Figure, base: Path) -> list[Path]:
     return paths
 
 
+@dataclass(frozen=True)
+class FigureKind:
+    """How one kind of task figure is drawn: ``draw(params, task, folder)`` and ``inputs(params, task, folder)``,
+    ``folder`` the stage outputs it reads (``reads``: the evaluate stage's ``metrics`` or the train stage's
+    ``models``)."""
+
+    draw: Callable[[Params, str, Path], plt.Figure | None]
+    inputs: Callable[[Params, str, Path], list[Path]]
+    all_or_none: bool = False  # see FigureSpec
+    reads: str = "metrics"
+
+
+FIGURE_KINDS: dict[str, FigureKind] = {  # kind → how it is drawn; tasks name kinds in their REPORT_FIGURES
+    "curves": FigureKind(training.curves_figure, training.curves_inputs, reads="models"),
+    "grad_histograms": FigureKind(training.grad_histograms_figure, training.grad_histograms_inputs, reads="models"),
+    "attention": FigureKind(attention.attention_figure, attention.attention_inputs),
+    "cls_attention": FigureKind(attention.cls_attention_figure, attention.attention_inputs),
+    "skeletons_3d": FigureKind(pose.skeletons_3d_figure, pose.skeletons_inputs),
+    "skeletons_2d": FigureKind(pose.skeletons_2d_figure, pose.skeletons_inputs),
+    "per_joint": FigureKind(pose.per_joint_figure, pose.per_joint_inputs),
+    "gradcam": FigureKind(gradcam.gradcam_figure, gradcam.gradcam_inputs, all_or_none=True),
+}
+COMMON_FIGURES = (("curves", "curves"), ("grad_histograms", "grad_histograms"), ("attention", "attention"))
+
+
+def task_figures(task: str) -> tuple[tuple[str, str], ...]:
+    """``(suffix, kind)`` of every figure of ``task``: :data:`COMMON_FIGURES`, then its ``REPORT_FIGURES``."""
+    figures = COMMON_FIGURES + tuple(get_task(task).REPORT_FIGURES)
+    unknown = [kind for _, kind in figures if kind not in FIGURE_KINDS]
+    if unknown:
+        raise ValueError(f"{task}: REPORT_FIGURES names unknown figure kinds {unknown}; the kinds are: "
+                         f"{', '.join(FIGURE_KINDS)}")
+    return figures
+
+
 def figure_plan(params: Params, metrics_dir: Path, models_dir: Path) -> list[FigureSpec]:
     """The report's figures for the matrix, in report order; planning reads no file."""
     plan = [
@@ -73,30 +120,13 @@ def figure_plan(params: Params, metrics_dir: Path, models_dir: Path) -> list[Fig
         FigureSpec("noam_schedule", thesis.noam_schedule_figure),
         FigureSpec("warmup_comparison", thesis.warmup_comparison_figure),
     ]
+    folders = {"metrics": metrics_dir, "models": models_dir}
     for task in params.experiment.tasks:
-        plan += [
-            FigureSpec(f"{task}_curves", partial(training.curves_figure, params, task, models_dir),
-                       training.curves_inputs(params, task, models_dir)),
-            FigureSpec(f"{task}_grad_histograms", partial(training.grad_histograms_figure, params, task, models_dir),
-                       training.grad_histograms_inputs(params, task, models_dir)),
-            FigureSpec(f"{task}_attention", partial(attention.attention_figure, params, task, metrics_dir),
-                       attention.attention_inputs(params, task, metrics_dir)),
-        ]
-        if task in ("pose3d", "pose2d"):
-            skeletons = pose.pose3d_skeletons_figure if task == "pose3d" else pose.pose2d_skeletons_figure
-            plan += [
-                FigureSpec(f"{task}_skeletons", partial(skeletons, params, metrics_dir),
-                           pose.skeletons_inputs(params, task, metrics_dir)),
-                FigureSpec(f"{task}_per_joint", partial(pose.per_joint_figure, params, task, metrics_dir),
-                           pose.per_joint_inputs(params, task, metrics_dir)),
-            ]
-        if task == "cxr":
-            plan += [
-                FigureSpec("cxr_attention_cls", partial(attention.cls_attention_figure, params, metrics_dir),
-                           attention.attention_inputs(params, task, metrics_dir)),
-                FigureSpec("cxr_gradcam", partial(gradcam.gradcam_figure, params, metrics_dir),
-                           gradcam.gradcam_inputs(params, metrics_dir), all_or_none=True),
-            ]
+        for suffix, name in task_figures(task):
+            kind = FIGURE_KINDS[name]
+            folder = folders[kind.reads]
+            plan.append(FigureSpec(f"{task}_{suffix}", partial(kind.draw, params, task, folder),
+                                   kind.inputs(params, task, folder), kind.all_or_none))
     return plan
 
 

@@ -1,8 +1,9 @@
-"""``cxr_gradcam``: for a fixed set of test lesions (the first test images with a lesion mask), the radiograph
-with its true lesion outlined, then each run's Grad-CAM map of that finding over it: one row per run.
+"""The ``gradcam`` figure kind (e.g. ``cxr_gradcam``): for a fixed set of test lesions (the first test images with
+a lesion mask), the image with its true lesion outlined, then each run's Grad-CAM map of that finding over it: one
+row per run of the task it is drawn for.
 
-Reads ``metrics/<run>/gradcam.npz`` of every cxr run; real radiographs have no lesion masks, so when no run wrote
-maps there is no figure.
+Reads ``metrics/<run>/gradcam.npz`` of every run of the task (baselines aside); data without lesion masks (e.g.
+real radiographs) has none, so when no run wrote maps there is no figure.
 """
 
 from __future__ import annotations
@@ -20,15 +21,16 @@ from flexheads.report.style import run_label
 GRADCAM_COLUMNS = 8  # lesions shown
 
 
-def gradcam_inputs(params: Params, metrics_dir: Path) -> list[Path]:
-    """Every cxr run's ``gradcam.npz``: all of them, or none (data without lesion masks)."""
-    return [metrics_dir / r.name / "gradcam.npz" for r in task_runs(params, "cxr", baselines=False)]
+def gradcam_inputs(params: Params, task: str, metrics_dir: Path) -> list[Path]:
+    """Every ``task`` run's ``gradcam.npz``: all of them, or none (data without lesion masks)."""
+    return [metrics_dir / r.name / "gradcam.npz" for r in task_runs(params, task, baselines=False)]
 
 
-def gradcam_figure(params: Params, metrics_dir: Path) -> plt.Figure | None:
-    """The overlays (module docstring); None when no cxr run wrote Grad-CAM maps (data without lesion masks)."""
-    runs = task_runs(params, "cxr", baselines=False)
-    paths = gradcam_inputs(params, metrics_dir)
+def gradcam_figure(params: Params, task: str, metrics_dir: Path) -> plt.Figure | None:
+    """The overlays (module docstring); None when no ``task`` run wrote Grad-CAM maps (data without lesion
+    masks)."""
+    runs = task_runs(params, task, baselines=False)
+    paths = gradcam_inputs(params, task, metrics_dir)
     if not any(p.exists() for p in paths):
         return None
     arrays = [read_npz(p, ("images", "maps", "masks", "findings")) for p in paths]
@@ -53,5 +55,5 @@ def gradcam_figure(params: Params, metrics_dir: Path) -> plt.Figure | None:
         ax.grid(False)
     scale = ScalarMappable(Normalize(0, 1), cmap="jet")  # the overlays' colours without their transparency
     figure.colorbar(scale, ax=axes, shrink=0.5, label="Grad-CAM (0–1)")
-    figure.suptitle("cxr: Grad-CAM of the true finding (jet), true lesion outlined (red / white)")
+    figure.suptitle(f"{task}: Grad-CAM of the true finding (jet), true lesion outlined (red / white)")
     return figure

@@ -17,13 +17,9 @@ from pathlib import Path
 
 from flexheads.config import Params
 from flexheads.io import write_text
+from flexheads.tasks import get_task
 from flexheads.tracking import git_commit
 
-TASK_TITLES = {
-    "pose3d": "3D human pose lifting",
-    "pose2d": "2D human pose estimation",
-    "cxr": "Chest X-ray classification",
-}
 CROSS_TASK_ID = "across-tasks"
 CROSS_TASK_TITLE = "Across tasks and thesis figures"
 
@@ -132,8 +128,9 @@ def write_index(params: Params, params_path: Path, out_dir: Path) -> Path:
 
 
 def group_files(tasks: tuple[str, ...] | list[str], tables_dir: Path, figures_dir: Path) -> list[Section]:
-    """One section per task in ``tasks`` order (``<task>.md``, ``<task>_*.md``, ``<task>_*.png``), then one for
-    every other table and figure (cross-task tables, task-independent thesis figures); no file is left out."""
+    """One section per task in ``tasks`` order (``<task>.md``, ``<task>_*.md``, ``<task>_*.png``; titled with the
+    task module's ``TITLE``), then one for every other table and figure (cross-task tables, task-independent thesis
+    figures); no file is left out."""
     tables = report_files(tables_dir, "*.md")
     figures = report_files(figures_dir, "*.png")
     sections = []
@@ -141,7 +138,7 @@ def group_files(tasks: tuple[str, ...] | list[str], tables_dir: Path, figures_di
         mine_t = [t for t in tables if t.stem == task or t.stem.startswith(f"{task}_")]
         mine_f = [f for f in figures if f.stem.startswith(f"{task}_")]
         mine_t.sort(key=lambda t: (t.stem != task, t.name))  # the main comparison table first
-        sections.append(Section(task, TASK_TITLES.get(task, task), task, mine_t, mine_f))
+        sections.append(Section(task, get_task(task).TITLE, task, mine_t, mine_f))
         tables = [t for t in tables if t not in mine_t]
         figures = [f for f in figures if f not in mine_f]
     sections.append(Section(CROSS_TASK_ID, CROSS_TASK_TITLE, None, tables, figures))

@@ -17,7 +17,7 @@ import pandas as pd
 
 from flexheads.config import Params, Run
 from flexheads.errors import DataError
-from flexheads.tasks import task_module
+from flexheads.tasks import get_task
 
 
 class MissingInputs(DataError):
@@ -72,15 +72,12 @@ class MainMetric:
     lower_is_better: bool
 
 
-_UNITS = {"mpjpe": "mm", "AP": "OKS, 0–1", "mean_auroc": "0–1"}
-
-
 def main_metric(task: str) -> MainMetric:
     """The task's ``MAIN_METRIC`` as its ``REPORT_COLUMNS`` present it."""
-    module = task_module(task)
+    module = get_task(task)
     key = module.MAIN_METRIC
     header, better = next((h, b) for k, h, b in module.REPORT_COLUMNS if k == key)
-    return MainMetric(key, header, _UNITS.get(key, ""), better == "min")
+    return MainMetric(key, header, module.MAIN_METRIC_UNIT, better == "min")
 
 
 def best_run(params: Params, task: str, metrics_dir: Path, figure: str) -> tuple[Run, float]:

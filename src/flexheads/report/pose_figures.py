@@ -1,11 +1,14 @@
-"""Pose figures from the evaluate stage's files under ``metrics/``.
+"""Pose figure kinds, from the evaluate stage's files under ``metrics/``, each drawn for the task it is given:
 
-* ``pose3d_skeletons``: test examples of the best pose3d run (lowest MPJPE), ground truth and prediction as
-  3D skeletons (``examples.npz``: ``pred``/``target (K, 17, 3)`` mm root-relative in the camera frame);
-* ``pose2d_skeletons``: test crops of the best pose2d run (highest AP) with the labelled ground-truth and the
-  predicted keypoints (``examples.npz``: ``images (K, H, W, 3)``, ``pred``/``target (K, 17, 2)`` crop pixels);
-* ``<task>_per_joint``: runs × joints heat map of the per-joint error (``per_joint.csv``): pose3d MPJPE (mm),
-  pose2d PCKh@0.5 (%).
+* ``skeletons_3d`` (e.g. ``pose3d_skeletons``): test examples of the task's best run (by its main metric), ground
+  truth and prediction as 3D skeletons (``examples.npz``: ``pred``/``target (K, J, 3)`` mm root-relative in the
+  camera frame, ``parents (J,)``, ``actions (K,)``);
+* ``skeletons_2d`` (e.g. ``pose2d_skeletons``): image crops of the task's best run with the labelled ground-truth
+  and the predicted keypoints (``examples.npz``: ``images (K, H, W, 3)``, ``pred``/``target (K, J, 2)`` crop
+  pixels, ``visible (K, J)``, ``skeleton (B, 2)``);
+* ``per_joint`` (``<task>_per_joint``): runs × joints heat map of the task's ``per_joint`` breakdown
+  (``per_joint.csv``, columns and direction from its ``REPORT_BREAKDOWNS``: e.g. pose3d MPJPE (mm), pose2d
+  PCKh@0.5 (%)).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from matplotlib.lines import Line2D
 from flexheads.config import Params
 from flexheads.report.inputs import best_run, main_metric, read_npz, read_table, task_runs
 from flexheads.report.style import SMALL_FONT, run_label
-from flexheads.tasks import task_module
+from flexheads.tasks import get_task
 
 GROUND_TRUTH, PREDICTION = "0.15", "C1"
 EXAMPLE_COLUMNS = 4
@@ -52,8 +55,8 @@ def skeletons_inputs(params: Params, task: str, metrics_dir: Path) -> list[Path]
     return [metrics_dir / f"{r.name}.json" for r in runs] + [metrics_dir / r.name / "examples.npz" for r in runs]
 
 
-def pose3d_skeletons_figure(params: Params, metrics_dir: Path) -> plt.Figure:
-    run, score = best_run(params, "pose3d", metrics_dir, "pose3d_skeletons")
+def skeletons_3d_figure(params: Params, task: str, metrics_dir: Path) -> plt.Figure:
+    run, score = best_run(params, task, metrics_dir, f"{task}_skeletons")
     ex = read_npz(metrics_dir / run.name / "examples.npz", ("pred", "target", "parents", "actions"))
     upright = {k: camera_to_upright(ex[k]) for k in ("pred", "target")}
     rows, cols = _grid(len(ex["pred"]))
@@ -85,14 +88,14 @@ def pose3d_skeletons_figure(params: Params, metrics_dir: Path) -> plt.Figure:
         for axis in (ax.xaxis, ax.yaxis, ax.zaxis):
             axis.set_major_locator(plt.MaxNLocator(3))
     _skeleton_legend(figure, "ground truth", loc="lower center")
-    metric = main_metric("pose3d")
-    figure.suptitle(f"pose3d: test poses of the best run, {run.name} ({metric.header} {score:.1f} {metric.unit})",
+    metric = main_metric(task)
+    figure.suptitle(f"{task}: test poses of the best run, {run.name} ({metric.header} {score:.1f} {metric.unit})",
                     y=1 - 0.2 / height)
     return figure
 
 
-def pose2d_skeletons_figure(params: Params, metrics_dir: Path) -> plt.Figure:
-    run, score = best_run(params, "pose2d", metrics_dir, "pose2d_skeletons")
+def skeletons_2d_figure(params: Params, task: str, metrics_dir: Path) -> plt.Figure:
+    run, score = best_run(params, task, metrics_dir, f"{task}_skeletons")
     ex = read_npz(metrics_dir / run.name / "examples.npz", ("images", "pred", "target", "visible", "skeleton"))
     rows, cols = _grid(len(ex["images"]))
     height, width = ex["images"].shape[1:3]
@@ -116,8 +119,8 @@ def pose2d_skeletons_figure(params: Params, metrics_dir: Path) -> plt.Figure:
         ax.set_xlim(-0.5, width - 0.5)
         ax.set_ylim(height - 0.5, -0.5)
     _skeleton_legend(figure, "ground truth (labelled joints)")
-    metric = main_metric("pose2d")
-    figure.suptitle(f"pose2d: validation crops ({width}×{height} px) of the best run,\n"
+    metric = main_metric(task)
+    figure.suptitle(f"{task}: validation crops ({width}×{height} px) of the best run,\n"
                     f"{run.name} ({metric.header} {score:.3f})")
     return figure
 
@@ -135,7 +138,7 @@ def per_joint_inputs(params: Params, task: str, metrics_dir: Path) -> list[Path]
 def per_joint_figure(params: Params, task: str, metrics_dir: Path) -> plt.Figure:
     # the columns and direction the report's per-joint table uses (the task's REPORT_BREAKDOWNS)
     _, joint_column, value_column, label, better = next(
-        b for b in task_module(task).REPORT_BREAKDOWNS if b[0] == "per_joint")
+        b for b in get_task(task).REPORT_BREAKDOWNS if b[0] == "per_joint")
     scale, unit, cmap = HEAT_MAPS[better]
     higher_better = better == "max"
     label = f"{label}{unit}, {'higher' if higher_better else 'lower'} is better"

@@ -28,7 +28,7 @@ import pandas as pd
 from flexheads.config import Params
 from flexheads.io import write_text
 from flexheads.report.inputs import main_metric, require, task_runs
-from flexheads.tasks import task_module
+from flexheads.tasks import get_task
 
 RUN_COLUMNS = [  # (key in train.json, header, better)
     ("n_params", "params", None),
@@ -67,7 +67,7 @@ def comparison_table(params: Params, frame: pd.DataFrame, task: str) -> tuple[pd
     """The per-task table (formatted later) and its best cells; a seed column only with more than one seed."""
     columns = [("model", "model", None), ("attention", "attention", None), ("regime", "regime", None),
                *([("seed", "seed", None)] if len(params.experiment.seeds) > 1 else []),
-               *task_module(task).REPORT_COLUMNS, *RUN_COLUMNS]
+               *get_task(task).REPORT_COLUMNS, *RUN_COLUMNS]
     table = pd.DataFrame({header: frame[key] for key, header, _ in columns})
     return table, best_cells(table, {header: better for _, header, better in columns})
 
@@ -152,7 +152,8 @@ def breakdown_table(params: Params, task: str, name: str, key: str, value: str, 
     return table, best_cells(table, {c: better for c in table.columns[2:]})
 
 
-def write_table(base: Path, table: pd.DataFrame, bold: Bold, caption: str, csv: pd.DataFrame | None = None) -> list[Path]:
+def write_table(base: Path, table: pd.DataFrame, bold: Bold, caption: str,
+                csv: pd.DataFrame | None = None) -> list[Path]:
     """``base.md``, ``base.tex`` and ``base.csv`` (``csv`` if given: the unformatted data)."""
     write_text(base.with_suffix(".md"), to_markdown(table, bold, caption))
     write_text(base.with_suffix(".tex"), to_latex(table, bold, caption, f"tab:{base.name}"))
@@ -164,7 +165,7 @@ def write_tables(params: Params, metrics_dir: Path, models_dir: Path, out_dir: P
     """Every table of the module docstring into ``<out>/tables/``; returns the written paths."""
     tables, written, frames = out_dir / "tables", [], {}
     for task in params.experiment.tasks:
-        module = task_module(task)
+        module = get_task(task)
         frames[task] = frame = collect(params, task, metrics_dir, models_dir)
         table, bold = comparison_table(params, frame, task)
         written += write_table(tables / task, table, bold, module.REPORT_CAPTION, csv=frame)

@@ -1,9 +1,12 @@
-"""Figures of how the runs trained, from the train stage's ``models/<run>/`` files.
+"""Figures of how the runs trained, from the train stage's ``models/<run>/`` files: the figure kinds every task
+gets (:data:`flexheads.report.figures.COMMON_FIGURES`), each drawn for the task it is given.
 
-* ``<task>_grad_histograms`` (thesis fig. 3.16): the distribution of log10|gradient| over all parameters at the
-  snapshot steps (``grad_histograms.json``), one panel per run of the reference attention (one per regime);
-* ``<task>_curves``: smoothed training loss and, where the run evaluated during training, the held-out main
-  metric against the step (``history.csv``), every run of the task on the same axes.
+* ``grad_histograms`` (``<task>_grad_histograms``, thesis fig. 3.16): the distribution of log10|gradient| over all
+  parameters at the snapshot steps (``grad_histograms.json``), one panel per run of the reference attention (one
+  per regime);
+* ``curves`` (``<task>_curves``): smoothed training loss (labelled with the task's ``LOSS_LABEL``) and, where the
+  run evaluated during training, the held-out main metric against the step (``history.csv``), every run of the
+  task on the same axes.
 """
 
 from __future__ import annotations
@@ -28,13 +31,9 @@ from flexheads.report.inputs import (
     task_runs,
 )
 from flexheads.report.style import run_colour, run_legend_handles, run_linestyle
+from flexheads.tasks import get_task
 
 HISTOGRAM_COLUMNS = 3
-LOSS_LABELS = {  # what each task's training loss is (units as its loss function computes them)
-    "pose3d": "training loss: MPJPE (m)",
-    "pose2d": "training loss: L1 (crop units) + heatmap CE",
-    "cxr": "training loss: binary cross-entropy",
-}
 
 
 def grad_histogram_runs(params: Params, task: str) -> tuple[list[Run], bool]:
@@ -116,7 +115,7 @@ def curves_figure(params: Params, task: str, models_dir: Path) -> plt.Figure:
         loss_ax.yaxis.set_major_formatter(PlainLogFormatter())
         loss_ax.yaxis.set_minor_formatter(PlainLogFormatter(labelOnlyBase=False, minor_thresholds=(1, 0.4)))
     loss_ax.set_xlabel("training step")
-    loss_ax.set_ylabel(LOSS_LABELS.get(task, "training loss"))
+    loss_ax.set_ylabel(get_task(task).LOSS_LABEL)  # what the task's loss is, in its loss function's units
     loss_ax.set_title(f"training loss (moving average of {window} steps)")
     if has_val:
         axes[0, 1].set_xlabel("training step")
