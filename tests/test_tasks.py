@@ -22,7 +22,7 @@ from flexheads.data.prepared import open_prepared, seal
 from flexheads.io import atomic_path, write_json
 from flexheads.models.config import ModelConfig, encoder_config
 from flexheads.nn import EncoderConfig, TransformerEncoder, init_weights
-from flexheads.report.figures import FIGURE_KINDS
+from flexheads.report.figures import FIGURE_KINDS, write_figures
 from flexheads.report.tables import write_tables
 from flexheads.stages import evaluate_run, train_run
 from flexheads.tasks import BUILTIN_TASKS, TaskSettings, check_task, get_task, register, registered_tasks, unregister
@@ -208,6 +208,8 @@ def test_a_fourth_task_trains_evaluates_and_is_reported(tmp_path, toy_registered
     summary = pd.read_csv(tmp_path / "reports" / "tables" / "summary.csv")
     assert set(summary["task"]) == {"toy"} and set(summary["regime"]) == {"radam", "tfixup"}
     assert json.loads((tmp_path / "metrics" / "toy-flexible-tfixup-0.json").read_text())["attention"] == "flexible"
+    figures = write_figures(params, tmp_path / "metrics", tmp_path / "models", tmp_path / "reports")
+    assert {"toy_curves.png", "toy_grad_histograms.png", "toy_attention.png"} <= {path.name for path in figures}
 
 
 def test_params_of_an_unregistered_task_are_refused(tmp_path):
