@@ -22,6 +22,7 @@ import yaml
 from faults.harness import assert_ok, flexheads, partial_files, run_statuses
 from flexheads.config import load_params
 from flexheads.models.vit import ViTConfig, VisionTransformer
+from flexheads.nn import EncoderConfig
 from flexheads.stages import save_model
 from test_orchestration import make_project
 
@@ -155,8 +156,9 @@ def test_random_bytes_as_model(workspace: Path) -> None:
 
 def test_a_model_of_another_task(workspace: Path) -> None:
     params = load_params(workspace / "params.yaml")
-    vit = VisionTransformer(ViTConfig(image_size=32, patch_size=8, n_classes=15, d_model=16, n_heads=2, d_ff=32,
-                                      n_layers=1))
+    encoder = EncoderConfig(d_model=16, n_heads=2, d_head=None, n_layers=1, d_ff=32, dropout=0.0, activation="gelu",
+                            norm="post", init="xavier")
+    vit = VisionTransformer(ViTConfig(image_size=32, patch_size=8, in_channels=1, n_classes=15, encoder=encoder))
     save_model(workspace / f"models/{RUN}/model.pt", vit, params.run_config(params.run(RUN)))
     assert_user_error(evaluate(workspace), f"models/{RUN}/model.pt", "VisionTransformer")
     assert_nothing_written(workspace)
