@@ -63,7 +63,8 @@ def attention_record(model: nn.Module, inputs: Tensor, device: torch.device, tok
         inputs: a batch of one input, as the model's ``forward`` takes it.
         tokens: the names of the encoder's ``N`` tokens, in order.
         grid: ``(rows, cols)`` of the patch or token grid; ``(0, 0)`` when the tokens form no grid.
-        image: the input as a figure shows it (stored as given).
+        image: the input as a figure shows it (stored as given): an image ``(H, W)`` or ``(H, W, 3)`` uint8, or,
+            for tokens without a grid, one point per token ``(N, 2)`` in image pixels (y down).
     Returns:
         ``weights`` float32 ``(n_layers, n_heads, N, N)``: the softmax probabilities (each row sums to 1) of the
         model in eval mode, computed in float32; ``tokens`` str ``(N,)``; ``grid`` int64 ``(2,)``; ``image``.
