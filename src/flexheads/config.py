@@ -7,9 +7,10 @@ definition of the matrix ``tasks × attention × regimes × seeds`` that the CLI
 ``<task>-<baseline>``), so every component is ``[A-Za-z0-9_]`` (tasks, attention and baselines are fixed names,
 regimes are ``RunNamePart``).  Numbers are strict and finite: ``steps: true`` or ``lr: .inf`` is an error, not 1 or inf.
 
-The sections ``model.<task>``, ``train.<task>`` and ``data.<task>`` belong to each task (its ``settings.py``, found
-through :mod:`flexheads.tasks`); every task of ``experiment.tasks`` must have all three.  Defaults live here and in
-those settings modules only, and params.yaml states each of them (``tests/test_config.py`` checks they agree).
+The sections ``model.<task>``, ``train.<task>`` and ``data.<task>`` belong to each task (its settings module
+``flexheads.tasks.settings.<task>``, found through :mod:`flexheads.tasks`); every task of ``experiment.tasks`` must
+have all three.  Defaults live here and in those settings modules only, and params.yaml states each of them
+(``tests/test_config.py`` checks they agree).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, SerializeAsA
                       ValidatorFunctionWrapHandler, create_model, field_validator, model_validator)
 
 from flexheads.errors import ParamsError
-from flexheads.tasks import BUILTIN_TASKS, registered_tasks, task_settings
+from flexheads.tasks import BUILTIN_TASKS, registered_tasks, require_task, task_settings
 
 ATTENTIONS = ("standard", "flexible")
 BASELINES = ("martinez_mlp",)
@@ -57,21 +58,8 @@ def _run_name_part(name: str) -> str:
     return name
 
 
-def _registered_task(name: str) -> str:
-    if name not in registered_tasks():
-        raise ValueError(f"unknown task {name!r}; tasks are: {', '.join(registered_tasks())}")
-    return name
-
-
-def _registered_task_or_error(name: str) -> str:
-    try:
-        return _registered_task(name)
-    except ValueError as err:
-        raise ParamsError(str(err)) from None
-
-
 RunNamePart = Annotated[str, AfterValidator(_run_name_part)]
-TaskName = Annotated[str, AfterValidator(_registered_task)]
+TaskName = Annotated[str, AfterValidator(require_task)]
 
 
 class Section(BaseModel):
@@ -289,7 +277,7 @@ class Params(Section):
 
     def task_data(self, task: str) -> Section:
         """The ``data.<task>`` section; ParamsError if params.yaml has none for ``task``."""
-        section = getattr(self.data, _registered_task_or_error(task), None)
+        section = getattr(self.data, require_task(task), None)
         if section is None:
             raise ParamsError(f"params.yaml has no data.{task} section (needed to run the {task} task's stages)")
         return section

@@ -46,22 +46,23 @@ def task_settings(name: str) -> TaskSettings:
     """The params.yaml sections of task ``name`` (loads only its light settings module)."""
     if name in _registered:
         return _registered[name].SETTINGS
-    return importlib.import_module(f"flexheads.tasks.settings.{_builtin(name)}").SETTINGS
+    return importlib.import_module(f"flexheads.tasks.settings.{require_task(name)}").SETTINGS
 
 
 def get_task(name: str) -> Task:
     """Task ``name``'s hooks and declarations (the module ``flexheads.tasks.<name>`` for a built-in task)."""
     if name in _registered:
         return _registered[name]
-    return importlib.import_module(f"flexheads.tasks.{_builtin(name)}")  # type: ignore[return-value]
+    return importlib.import_module(f"flexheads.tasks.{require_task(name)}")  # type: ignore[return-value]
 
 
 
-def _builtin(name: str) -> str:
-    if name not in BUILTIN_TASKS:
+def require_task(name: str) -> str:
+    """``name`` if it is a registered task; ParamsError (a ValueError) listing the tasks otherwise."""
+    if name not in registered_tasks():
         raise ParamsError(f"unknown task '{name}'; tasks are: {', '.join(registered_tasks())}")
     return name
 
 
 __all__ = ["BUILTIN_TASKS", "Task", "TaskSettings", "check_task", "get_task", "register", "registered_tasks",
-           "task_settings", "unregister"]
+           "require_task", "task_settings", "unregister"]
