@@ -187,8 +187,12 @@ def test_mlflow_run_records_the_heads_built_the_model_file_and_its_source(prepar
     widths = {run_name(params, "standard", "preln"): 8, run_name(params, "flexible", "preln"): 16,
               baseline_name(params): None}
     for run, d_head in widths.items():
-        run_id = train_run(params, run, h5_path, tmp_path / run, device="cpu", progress=False)["mlflow_run_id"]
+        summary = train_run(params, run, h5_path, tmp_path / run, device="cpu", progress=False)
+        run_id = summary["mlflow_run_id"]
         logged = client.get_run(run_id).data
+        assert summary["cpu_time_s"] > 0 and summary["steps_per_s"] > 0
+        assert logged.metrics["train_cpu_time_s"] == pytest.approx(summary["cpu_time_s"], abs=1e-3)
+        assert logged.metrics["train_steps_per_s"] == pytest.approx(summary["steps_per_s"], abs=1e-4)
         heads = {key: value for key, value in logged.params.items() if key.startswith("heads.")}
         if d_head is None:
             assert heads == {}

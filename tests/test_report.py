@@ -38,7 +38,8 @@ def write_run(root: Path, run: str, auroc: float, covid: float | None = 0.5) -> 
     per_class.to_csv(root / "metrics" / run / "per_class.csv", index=False)
     (root / "models" / run).mkdir(parents=True)
     (root / "models" / run / "train.json").write_text(json.dumps(
-        {"n_params": 1000, "wall_time_s": 12.5, "final_loss": 0.3, "mlflow_run_id": f"id-{regime}-{seed}"}))
+        {"n_params": 1000, "wall_time_s": 12.5, "cpu_time_s": 10.25, "steps_per_s": 48.0, "final_loss": 0.3,
+         "mlflow_run_id": f"id-{regime}-{seed}"}))
 
 
 def report(root: Path, params: Params) -> Path:
@@ -63,6 +64,23 @@ def test_table_rows_follow_the_metrics_files_and_mark_the_best(tmp_path):
     assert "id-radam-0" in radam
     assert "\\textbf{0.8300}" in (tables / "cxr.tex").read_text()
     assert pd.read_csv(tables / "cxr.csv")["mean_auroc"].tolist() == [0.71, 0.83]
+
+
+def test_timing_columns_sit_beside_the_wall_time_and_the_caption_says_which_is_which(tmp_path):
+    for regime in ("noam", "radam"):
+        write_run(tmp_path, f"cxr-standard-{regime}-0", auroc=0.71)
+    old = tmp_path / "models" / "cxr-standard-radam-0" / "train.json"  # written before cpu_time_s existed
+    old.write_text(json.dumps({k: v for k, v in json.loads(old.read_text()).items()
+                               if k not in ("cpu_time_s", "steps_per_s")}))
+    tables = report(tmp_path, cxr_params(["standard"], [0]))
+    markdown = (tables / "cxr.md").read_text()
+    assert "| params | train time (s) | train CPU (s) | steps/s | final train loss | MLflow run |" in markdown
+    assert "| 1000 | 12.5 | 10.2 | 48.0 | 0.3000 | id-noam-0 |" in row(markdown, "transformer", "standard", "noam")
+    assert "| 1000 | 12.5 | — | — | 0.3000 | id-radam-0 |" in row(markdown, "transformer", "standard", "radam")
+    caption = markdown.split("\n\n")[0]
+    assert "Train time (s): wall-clock seconds" in caption and "waiting for a core" in caption
+    assert "Train CPU (s): CPU seconds" in caption and "Steps/s: optimiser steps per wall-clock second" in caption
+    assert "waiting for a core" in (tables / "cxr.tex").read_text()
 
 
 def test_seeds_give_mean_and_std_and_paired_differences(tmp_path):

@@ -125,7 +125,8 @@ def write_run(root: Path, run: str, auroc: float) -> None:
     pd.DataFrame({"finding": LABELS, "auroc": auroc}).to_csv(root / "metrics" / run / "per_class.csv", index=False)
     (root / "models" / run).mkdir(parents=True, exist_ok=True)
     (root / "models" / run / "train.json").write_text(json.dumps(
-        {"n_params": 1000, "wall_time_s": 12.5, "final_loss": 0.3, "mlflow_run_id": f"id-{run}"}))
+        {"n_params": 1000, "wall_time_s": 12.5, "cpu_time_s": 10.25, "steps_per_s": 48.0, "final_loss": 0.3,
+         "mlflow_run_id": f"id-{run}"}))
 
 
 def fake_figures(params: object, metrics_dir: Path, models_dir: Path, out_dir: Path) -> list[Path]:

@@ -9,6 +9,9 @@ import io
 import math
 import os
 import re
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -652,3 +655,163 @@ def test_seed_everything_repeats_draws() -> None:
     seed_everything(3)
     assert torch.equal(torch.rand(5), a)
     assert torch.are_deterministic_algorithms_enabled()
+
+
+# --- host syncs, timings, loader, compile, fused optimiser ---------------------------------------------
+
+
+def poisoned_at(bad_step: int) -> Callable[[int], tuple[torch.Tensor, torch.Tensor]]:
+    def batches(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = batch_at(step)
+        return (x, torch.full_like(y, math.nan)) if step == bad_step else (x, y)
+
+    return batches
+
+
+def test_reading_losses_every_few_steps_gives_the_same_run(
+        tmp_path: Path, uninterrupted: dict[str, tuple[nn.Module, TrainResult]]) -> None:
+    """The CUDA path (loss and gradient norm read every ``sync_every`` steps) on CPU: the same history and weights."""
+    ref_model, ref = uninterrupted["preln"]
+    logged: list[list[dict[str, float]]] = []
+    model, result = train(make_config(), tmp_path, sync_every=7, log=logged.append)
+    assert result.history == ref.history
+    assert_same_weights(model, ref_model)
+    assert [row for rows in logged for row in rows] == ref.history
+
+
+@pytest.mark.parametrize(("bad_step", "taken"), [(23, "steps 23 to 24 were"), (24, "step 24 was")])
+def test_a_deferred_read_names_the_first_bad_step_and_the_steps_taken(tmp_path: Path, bad_step: int,
+                                                                      taken: str) -> None:
+    """Read every 10 steps, and at the log step 25 (log_every 5): the divergence at step 23 is seen at 25, after
+    the optimiser took steps 23 and 24; their state is discarded and the step-20 checkpoint kept."""
+    logged: list[list[dict[str, float]]] = []
+    with pytest.raises(TrainingDiverged) as err:
+        train(make_config(), tmp_path, poisoned_at(bad_step), sync_every=10, log=logged.append)
+    message = str(err.value)
+    assert f"loss is nan at step {bad_step} (lr 0.01), seen at step 25" in message
+    assert f"so {taken} taken and are discarded; the last good checkpoint (step 20) is kept at" in message
+    assert "\n" not in message
+    assert load_checkpoint(tmp_path)["step"] == 20
+    assert [row["step"] for rows in logged for row in rows] == list(range(1, bad_step))  # the good steps only
+
+
+def test_on_cpu_the_bad_step_is_never_taken(tmp_path: Path) -> None:
+    with pytest.raises(TrainingDiverged, match=r"loss is nan at step 23 \(lr 0.01\), so that step was not taken; "):
+        train(make_config(), tmp_path, poisoned_at(23))
+
+
+def test_timings_add_up_over_resumes(tmp_path: Path) -> None:
+    config = make_config()
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path, Recorder(fail_at=17))
+    first = load_checkpoint(tmp_path)
+    assert first["cpu_time_s"] > 0 and first["steps_per_s"] > 0  # 10 steps in this process
+    _, result = train(config, tmp_path)
+    last = load_checkpoint(tmp_path)
+    assert result.wall_time_s == last["wall_time_s"] > first["wall_time_s"]
+    assert result.cpu_time_s == last["cpu_time_s"] > first["cpu_time_s"]
+    assert result.steps_per_s == last["steps_per_s"] > 0  # 20 steps of the resumed process
+    _, again = train(config, tmp_path)  # finished: trains nothing, reports what the checkpoint holds
+    assert (again.wall_time_s, again.cpu_time_s, again.steps_per_s) == (
+        result.wall_time_s, result.cpu_time_s, result.steps_per_s)
+
+
+def test_cpu_time_leaves_out_waiting(tmp_path: Path) -> None:
+    """A loop that mostly waits (here for its batches): wall time counts the waiting, CPU time does not."""
+
+    def slow(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        time.sleep(0.05)
+        return batch_at(step)
+
+    _, result = train(make_config(steps=10), tmp_path, slow)
+    assert result.wall_time_s >= 0.5
+    assert result.cpu_time_s < result.wall_time_s - 0.3
+    assert result.steps_per_s == pytest.approx(10 / result.wall_time_s, rel=0.2)
+
+
+def test_loader_workers_give_the_same_run(tmp_path: Path,
+                                          uninterrupted: dict[str, tuple[nn.Module, TrainResult]]) -> None:
+    """Batches made in two worker processes: the same batches, and the training process's RNG (dropout) untouched."""
+    ref_model, ref = uninterrupted["preln"]
+    model, result = train(make_config(loader_workers=2), tmp_path)
+    assert result.history == ref.history
+    assert_same_weights(model, ref_model)
+
+
+def test_loader_workers_resume_exactly(tmp_path: Path,
+                                       uninterrupted: dict[str, tuple[nn.Module, TrainResult]]) -> None:
+    ref_model, ref = uninterrupted["preln"]
+    config = make_config(loader_workers=2)
+    with pytest.raises(TrainingDiverged):  # stopped after the step-10 checkpoint
+        train(config, tmp_path, poisoned_at(13))
+    model, result = train(config, tmp_path)
+    assert result.history == ref.history
+    assert_same_weights(model, ref_model)
+
+
+@pytest.mark.parametrize(("regime", "flag"), [("preln", "fused"), ("radam", "foreach")])
+def test_fused_optimizer_trains_to_nearly_the_same_weights(tmp_path: Path, regime: str, flag: str,
+                                                           uninterrupted: dict[str, tuple[nn.Module, TrainResult]],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    built = []
+    real = torch.optim.Optimizer.__init__
+
+    def recording(self: torch.optim.Optimizer, params: Any, defaults: dict[str, Any]) -> None:
+        built.append(defaults)
+        real(self, params, defaults)
+
+    monkeypatch.setattr(torch.optim.Optimizer, "__init__", recording)
+    ref_model, ref = uninterrupted[regime]
+    model, result = train(make_config(regime, fused_optimizer=True), tmp_path)
+    assert built[0][flag] is True
+    assert [row["step"] for row in result.history] == list(range(1, 31))
+    for key, value in weights(model).items():  # another summation order: equal to rounding
+        torch.testing.assert_close(value, weights(ref_model)[key], rtol=1e-4, atol=1e-5)
+
+
+def test_compile_wraps_the_step_not_the_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``compile: true`` compiles the training step's loss function (here with dynamo's ``eager`` backend, which
+    compiles in a second); the checkpoint holds the eager module's own keys and validation gets that module."""
+    compiled = []
+    real = torch.compile
+
+    def eager_compile(fn: Callable[..., Any]) -> Callable[..., Any]:
+        compiled.append(fn)
+        return real(fn, backend="eager")
+
+    monkeypatch.setattr(torch, "compile", eager_compile)
+    seen: list[type] = []
+
+    def validate(model: nn.Module, device: torch.device) -> float:
+        seen.append(type(model))
+        return 0.0
+
+    model, result = train(make_config(compile=True, steps=10), tmp_path, validate=validate, validate_key=VAL_KEY)
+    assert compiled == [loss_fn]
+    assert list(load_checkpoint(tmp_path)["model"]) == list(tiny_model().state_dict()) == list(model.state_dict())
+    assert seen and all(kind is nn.Sequential for kind in seen)
+    assert all(math.isfinite(row["loss"]) for row in result.history)
+
+
+@pytest.mark.slow
+def test_compile_with_inductor_trains(tmp_path: Path) -> None:
+    """The real thing (inductor, a C++ compiler on CPU): ~25 s on 2 cores.  Its dropout draws other masks than
+    eager mode's, so the run is another run; it learns as the eager one does."""
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    model, result = train(make_config(compile=True), tmp_path)
+    assert counters["stats"]["unique_graphs"] >= 1
+    assert all(math.isfinite(row["loss"]) for row in result.history)
+    assert result.history[-1]["loss"] < result.history[0]["loss"]
+    assert not any(key.startswith("_orig_mod") for key in load_checkpoint(tmp_path)["model"])
+
+
+def test_seeding_makes_kernels_deterministic_without_importing_the_compiler() -> None:
+    """seed_everything turns torch's deterministic mode on (warn-only) but leaves torch._inductor unimported: the
+    compiler stack costs a short stage ~2.5 CPU-seconds of imports."""
+    code = ("import sys, torch\nfrom flexheads.train import seed_everything\nseed_everything(0)\n"
+            "print(torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),"
+            " 'torch._inductor' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["True", "True", "False"]

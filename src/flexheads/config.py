@@ -132,6 +132,12 @@ class TrainSettings(Section):
     eval_batch_size: PositiveInt = 256
     eval_every: NonNegativeInt = 100  # validation metric every eval_every steps (training curves); 0 disables
     lr_scale: PositiveFloat = 1.0  # multiplies every regime's lr for this task's models
+    # Speed switches (flexheads.train.fit): at their defaults CPU results are bit-identical to a loop without them;
+    # like every key here they are part of the run config, so changing one retrains.
+    loader_workers: NonNegativeInt = 0  # background processes preparing batches (flexheads.data.loader); 0: in-process
+    compile: bool = False  # torch.compile the training step's loss and, through it, the model's forward
+    fused_optimizer: bool = False  # Adam fused=True; RAdam (no fused kernel) foreach=True
+    channels_last: bool = False  # pose2d: the CNN trunk's weights and input in torch.channels_last; others: no-op
 
 
 class Experiment(Section):

@@ -44,13 +44,15 @@ def localisation(model: VisionTransformer, images: np.ndarray, labels: np.ndarra
     model's input.  Returns the headline (``pointing_game``, its ``pointing_game_uniform`` reference (a uniform
     map hits with the mask's area fraction), ``cam_iou`` at half of each map's peak, ``lesions``), a per-finding
     table, and the maps of the lesions of the first ``GRADCAM_FIGURE_IMAGES`` masked images for the report's
-    overlays (``images``, ``maps``, ``masks``, ``findings``).
+    overlays (``images``, ``maps``, ``masks``, ``findings``).  The maps are computed in float32 on every device
+    (autocast off, as in all of evaluation).
     """
     from flexheads.explain import gradcam_maps  # grad-cam (opencv) only where maps are drawn
 
     rows, findings, lesion_masks = lesion_pairs(labels, masks)
     model.to(device)
-    maps = gradcam_maps(model, as_input(images[rows]).to(device), findings, batch_size)
+    with torch.autocast(device.type, enabled=False):  # evaluation runs in float32 on every device
+        maps = gradcam_maps(model, as_input(images[rows]).to(device), findings, batch_size)
     hits = localisation_metrics.pointing_game(maps, lesion_masks)
     uniform = localisation_metrics.pointing_game(
         localisation_metrics.baseline_heatmaps("uniform", maps.shape), lesion_masks)

@@ -176,3 +176,28 @@ def test_dropout_only_in_training():
 def test_invalid_sizes_raise(args, match):
     with pytest.raises(ValueError, match=match):
         MultiHeadAttention(*args)
+
+
+@pytest.mark.parametrize("d_head", [None, 16])
+def test_training_calls_sdpa_without_a_mask_in_the_fused_kernels_layout(monkeypatch, d_head):
+    """With nothing to mask, training passes ``attn_mask=None`` (an explicit mask, even all-allowed, rules out the
+    flash kernel) and q, k, v whose transpose back to (B, N, h, d_head) is dense: no copy before the kernel."""
+    from flexheads.nn import TransformerEncoder
+
+    calls = []
+    real = torch.nn.functional.scaled_dot_product_attention
+
+    def recording(q, k, v, *args, **kwargs):
+        calls.append((q, k, v, args, kwargs))
+        return real(q, k, v, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording)
+    encoder = TransformerEncoder(2, D_MODEL, H, d_head, 64, 0.1, "gelu", "pre").train()
+    out, weights = encoder(torch.randn(B, N, D_MODEL))
+    out.sum().backward()
+
+    assert len(calls) == 2 and weights is None  # one fused call per layer
+    for q, k, v, args, kwargs in calls:
+        assert args == () and kwargs["attn_mask"] is None and kwargs["dropout_p"] == 0.1
+        for t in (q, k, v):
+            assert t.stride(-1) == 1 and t.transpose(1, 2).is_contiguous()

@@ -147,6 +147,10 @@ class MultiHeadAttention(nn.Module):
 
         weights = None
         if self.fused and not need_weights:
+            # The fused kernels' fast path: ``mask`` is None unless something is masked (an explicit mask, even an
+            # all-zero one, rules the flash kernel out), and q, k, v are (B, h, N, d_head) views of dense
+            # (B, N, h, d_head) projections with a unit-stride last dim, the layout flash and memory-efficient
+            # attention read in place (calling .contiguous() here would copy for nothing).
             dropout_p = self.attn_drop.p if self.training else 0.0
             x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=self.scale)
         else:

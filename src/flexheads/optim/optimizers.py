@@ -14,15 +14,22 @@ def build_optimizer(
     lr: float,
     betas: tuple[float, float],
     weight_decay: float = 0.0,
+    fused: bool = False,
 ) -> torch.optim.Optimizer:
     """``adam`` → ``torch.optim.Adam``; ``radam`` → ``torch.optim.RAdam`` (variance rectification, no warmup).
 
     ``lr`` is the initial rate; the training loop overwrites each group's ``lr`` from the schedule every step.
+    ``fused`` (``train.<task>.fused_optimizer``) asks for the fastest multi-tensor implementation: Adam's fused
+    kernel (``fused=True``: one kernel for every parameter's update, CUDA or CPU); RAdam has no fused kernel in
+    torch, so it gets ``foreach=True`` (grouped ``torch._foreach_*`` ops; already torch's choice on CUDA when
+    nothing is set, so there it changes nothing).  Either may round differently from the default per-parameter
+    loop, so CPU results with ``fused`` differ from those without.  False: torch's defaults.
     """
     optimizers = {"adam": torch.optim.Adam, "radam": torch.optim.RAdam}
     if name not in optimizers:
         raise ValueError(f"unknown optimizer '{name}'; expected one of {sorted(optimizers)}")
-    return optimizers[name](parameters, lr=lr, betas=betas, weight_decay=weight_decay)
+    speed = ({"fused": True} if name == "adam" else {"foreach": True}) if fused else {}
+    return optimizers[name](parameters, lr=lr, betas=betas, weight_decay=weight_decay, **speed)
 
 
 def radam_rectification(step: int, beta2: float) -> float:

@@ -1,7 +1,8 @@
 """The report's tables, each as Markdown, LaTeX (booktabs) and CSV under ``reports/tables/``.
 
 * ``<task>``: one row per run (attention × regime × seed, then the baselines), the task's headline metrics,
-  parameter count, train time, final loss and MLflow run id; the best value per column in bold.
+  parameter count, train time (wall clock), train CPU time, steps per second, final loss and MLflow run id; the
+  best value per column in bold.  Its caption is the task's ``REPORT_CAPTION`` and ``TIMING_NOTE``.
 * ``summary``: across tasks, per regime: the main metric with standard and flexible heads and the two
   comparisons the thesis asks for, flexible − standard and each regime − the task's best regime, as
   mean ± std over the seeds of ``experiment.seeds`` (differences are paired by seed).
@@ -33,9 +34,16 @@ from flexheads.tasks import get_task
 RUN_COLUMNS = [  # (key in train.json, header, better)
     ("n_params", "params", None),
     ("wall_time_s", "train time (s)", None),
+    ("cpu_time_s", "train CPU (s)", None),
+    ("steps_per_s", "steps/s", None),
     ("final_loss", "final train loss", None),
     ("mlflow_run_id", "MLflow run", None),
 ]
+TIMING_NOTE = (  # appended to each task table's caption: what the three timing columns measure
+    "Train time (s): wall-clock seconds of training, summed over resumes; on a shared machine it mostly measures "
+    "waiting for a core. Train CPU (s): CPU seconds the training process used (all its threads; the cost of the "
+    "run). Steps/s: optimiser steps per wall-clock second of the process that trained last."
+)
 Bold = set[tuple[int, int]]  # (row, column) cells of a table to set in bold
 
 
@@ -68,7 +76,8 @@ def comparison_table(params: Params, frame: pd.DataFrame, task: str) -> tuple[pd
     columns = [("model", "model", None), ("attention", "attention", None), ("regime", "regime", None),
                *([("seed", "seed", None)] if len(params.experiment.seeds) > 1 else []),
                *get_task(task).REPORT_COLUMNS, *RUN_COLUMNS]
-    table = pd.DataFrame({header: frame[key] for key, header, _ in columns})
+    # a column of train.json written before a key existed (cpu_time_s, steps_per_s) shows as "—"
+    table = pd.DataFrame({header: frame.get(key) for key, header, _ in columns}, index=frame.index)
     return table, best_cells(table, {header: better for _, header, better in columns})
 
 
@@ -168,7 +177,7 @@ def write_tables(params: Params, metrics_dir: Path, models_dir: Path, out_dir: P
         module = get_task(task)
         frames[task] = frame = collect(params, task, metrics_dir, models_dir)
         table, bold = comparison_table(params, frame, task)
-        written += write_table(tables / task, table, bold, module.REPORT_CAPTION, csv=frame)
+        written += write_table(tables / task, table, bold, f"{module.REPORT_CAPTION} {TIMING_NOTE}", csv=frame)
         for name, key, value, label, better in module.REPORT_BREAKDOWNS:
             table, bold = breakdown_table(params, task, name, key, value, better, metrics_dir)
             caption = f"{task}: {label} per {key.replace('_', ' ')} (test split; mean over seeds)."

@@ -1,8 +1,9 @@
 """What the tasks' evaluations share: the fixed samples they look at and the attention record the report draws.
 
 * ``VALIDATION_SAMPLES``: the most samples one validation call scores (the held-out metric of the training curves);
-* ``predict_batches``: a model's outputs on a sequence of input batches, in eval mode, without gradients, in
-  bfloat16 autocast on CUDA (every task's prediction loop);
+* ``predict_batches``: a model's outputs on a sequence of input batches, in eval mode, without gradients, in full
+  precision (float32; never under autocast, whatever the caller's context) on every device (every task's prediction
+  loop: evaluation and the validation curves);
 * ``evenly_spaced``: fixed rows spread over a split (validation subsets, the report's example samples), the same
   for every run of a task;
 * ``attention_record``: the arrays of ``metrics/<run>/attention.npz``: one input's attention probabilities per
@@ -31,13 +32,13 @@ def first_output(model: nn.Module, inputs: Tensor) -> Any:
 def predict_batches(model: nn.Module, batches: Iterable[Tensor], device: torch.device,
                     forward: Callable[[nn.Module, Tensor], Output] = first_output) -> Iterator[Output]:
     """``forward(model, batch)`` of each of ``batches`` moved to ``device``, in order, with ``model`` in eval mode
-    on ``device``, without gradients and, on CUDA, in bfloat16 autocast (full precision on CPU, so CPU results
-    are bit-identical run to run).  Only the forward runs under autocast: what the caller does with an output
-    (``.float()``, post-processing) runs outside it.  ``model`` is set up on the first batch drawn.
+    on ``device``, without gradients and in full precision: autocast is switched off around the forward, so
+    evaluation runs in float32 on CUDA as on CPU even when called inside an autocast region (training's bfloat16
+    autocast covers the training step only).  ``model`` is set up on the first batch drawn.
     """
     model.eval().to(device)
     for batch in batches:
-        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with torch.no_grad(), torch.autocast(device.type, enabled=False):
             output = forward(model, batch.to(device))
         yield output
 
@@ -67,10 +68,12 @@ def attention_record(model: nn.Module, inputs: Tensor, device: torch.device, tok
             for tokens without a grid, one point per token ``(N, 2)`` in image pixels (y down).
     Returns:
         ``weights`` float32 ``(n_layers, n_heads, N, N)``: the softmax probabilities (each row sums to 1) of the
-        model in eval mode, computed in float32; ``tokens`` str ``(N,)``; ``grid`` int64 ``(2,)``; ``image``.
+        model in eval mode, computed in float32 (never under autocast); ``tokens`` str ``(N,)``; ``grid`` int64
+        ``(2,)``; ``image``.
     """
     model.eval().to(device)
-    _, weights = model(inputs.to(device), need_weights=True)
+    with torch.autocast(device.type, enabled=False):
+        _, weights = model(inputs.to(device), need_weights=True)
     if weights is None:
         return None
     stacked = torch.stack([layer[0] for layer in weights]).float().cpu().numpy()  # (n_layers, h, N, N)

@@ -139,14 +139,24 @@ ARCHITECTURES = {  # class name saved in model.pt → its constructor (a saved m
 
 
 def build_model(config: RunConfig, h5_path: Path) -> KeypointTransformer:
-    """The run's keypoint transformer, sized for the crops ``prepare`` wrote (``data.pose2d.crop_size``)."""
+    """The run's keypoint transformer, sized for the crops ``prepare`` wrote (``data.pose2d.crop_size``).
+
+    With ``train.pose2d.channels_last`` the 4D weights of the CNN trunk and of the 1×1 ``embed`` convolution are
+    stored in ``torch.channels_last`` (NHWC, the layout of cuDNN's fastest convolutions, which the training loss
+    gives its crops too): the same values in another memory order, for training only (a model loaded from
+    ``model.pt`` is built in the default layout).
+    """
     m = config.model
     with open_prepared(h5_path, "pose2d") as h5:
         crop_size = tuple(int(v) for v in h5.attrs["crop_size"])
-    return KeypointTransformer(Pose2DConfig(
+    model = KeypointTransformer(Pose2DConfig(
         n_keypoints=len(KEYPOINT_NAMES), input_size=crop_size, backbone=m.backbone, backbone_stride=m.backbone_stride,
         pretrained=m.pretrained, flip_test=config.train.flip_test, encoder=encoder_config(config),
     ))
+    if config.train.channels_last:
+        model.backbone.to(memory_format=torch.channels_last)
+        model.embed.to(memory_format=torch.channels_last)
+    return model
 
 
 def keypoint_loss(prediction: KeypointPrediction, target: Tensor, visible: Tensor, heatmap_target: Tensor) -> Tensor:
@@ -165,11 +175,14 @@ def training_batches(
     """``batch_at(step)`` (a pure function of seed and step) and :func:`keypoint_loss`.
 
     The train crops are held in memory as uint8 (36 KB each at 128×96: ~5.5 GB for COCO train2017's 150k people).
-    A batch is ``(images (B, 3, H, W) in [0, 1], keypoints (B, 17, 2) normalised, visible (B, 17))``.
+    A batch is ``(images (B, 3, H, W) in [0, 1], keypoints (B, 17, 2) normalised, visible (B, 17))``; with
+    ``train.pose2d.channels_last`` the loss hands the model its images in ``torch.channels_last`` (see
+    :func:`build_model`).
     """
     train = read_split(h5_path, "pose2d", "train", ("images", "keypoints", "visible"))
     n, height, width = train["images"].shape[:3]
     batch_size = config.train.batch_size
+    memory_format = torch.channels_last if config.train.channels_last else torch.contiguous_format
 
     def batch_at(step: int) -> tuple[Tensor, Tensor, Tensor]:
         rng = np.random.default_rng([config.seed, step])
@@ -181,7 +194,7 @@ def training_batches(
 
     def loss_fn(model: nn.Module, batch: tuple[Tensor, Tensor, Tensor]) -> Tensor:
         images, target, visible = batch
-        prediction = model.predict(images)
+        prediction = model.predict(images.contiguous(memory_format=memory_format))
         return keypoint_loss(prediction, target, visible, heatmap_targets(target, model.config, model.cell_centres))
 
     return batch_at, loss_fn
