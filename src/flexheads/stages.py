@@ -4,8 +4,11 @@ Each takes its input and output paths as arguments (the CLI fills them in from S
 writes every output atomically.  Outputs of ``train_run`` under ``models/<run>/``:
 
 * ``model.pt``: weights + model config + run config (load with ``weights_only=True``);
-* ``train.json``: MLflow run id, parameter count, wall time, final loss, and the run's fingerprint: params hash,
-  prepared data's content hash (``data_sha256``), training code's hash (``code_sha256``);
+* ``train.json``: MLflow run id, parameter count, final loss, timings, and the run's fingerprint: params hash,
+  prepared data's content hash (``data_sha256``), training code's hash (``code_sha256``).  Timings
+  (:class:`flexheads.train.TrainResult` defines them): ``wall_time_s`` (wall-clock seconds of training, summed over
+  resumes; on a shared machine mostly waiting for a core), ``cpu_time_s`` (CPU seconds the training process used,
+  likewise summed) and ``steps_per_s`` (optimiser steps per wall-clock second of the process that trained last);
 * ``history.csv``: per-step loss, lr, grad norm (training curves), and ``val_<main metric>`` (e.g. ``val_mpjpe``)
   every ``train.<task>.eval_every`` steps and at the last step, the task's ``validation`` subset (validation
   curves; empty cells at the other steps, no column with ``eval_every: 0``);
@@ -15,7 +18,10 @@ writes every output atomically.  Outputs of ``train_run`` under ``models/<run>/`
 once ``model.pt`` is written; a checkpoint resumes only under the same fingerprint.  ``evaluate_run`` refuses a
 model folder whose run, params or prepared data are not the ones it evaluates.  With tracking enabled the MLflow
 run also holds the run config and the heads actually built (``head_params``) as params, MLflow's source tags, the
-DVC stage and Snakemake rule (``stage_tags``), the curves, and ``model.pt`` as artifact ``model/model.pt``.
+DVC stage and Snakemake rule (``stage_tags``), the curves, the timings (metrics ``train_wall_time_s``,
+``train_cpu_time_s``, ``train_steps_per_s``), and ``model.pt`` as artifact ``model/model.pt``; the report stage adds the
+test metrics and the evaluation files (:func:`flexheads.report.publish.log_evaluations`), so an evaluation process
+never pays MLflow's start-up.
 Outputs of ``evaluate_run``: ``metrics/<run>.json`` (headline metrics on the test split) and under
 ``metrics/<run>/`` the task's tables (the task's ``evaluate`` docstring has their contracts):
 
@@ -92,12 +98,15 @@ def train_run(params: Params, run_name: str, data_h5: Path, out_dir: Path, devic
         "run": run.name, "task": run.task, "model": run.baseline or "transformer", "attention": run.attention,
         "regime": run.regime, "mlflow_run_id": tracker.run_id if tracker else None,
         "n_params": n_params, "steps": result.steps, "final_loss": result.final_loss,
-        "wall_time_s": round(result.wall_time_s, 3), "device": str(device_used),
+        "wall_time_s": round(result.wall_time_s, 3), "cpu_time_s": round(result.cpu_time_s, 3),
+        "steps_per_s": _rounded(float(result.steps_per_s)), "device": str(device_used),
         "params_hash": config.hash(), "data_sha256": fingerprint["data"], "code_sha256": fingerprint["code"],
     }
     write_json(out_dir / "train.json", summary)
     if tracker:
-        tracker.log_metrics({"n_params": n_params, "train_wall_time_s": result.wall_time_s}, step=result.steps)
+        tracker.log_metrics({"n_params": n_params, "train_wall_time_s": result.wall_time_s,
+                             "train_cpu_time_s": result.cpu_time_s, "train_steps_per_s": result.steps_per_s},
+                            step=result.steps)
         tracker.log_artifact(out_dir / "model.pt", "model")
         tracker.finish()
     (out_dir / CHECKPOINT).unlink(missing_ok=True)
@@ -147,7 +156,6 @@ def evaluate_run(params: Params, run_name: str, data_h5: Path, stats_json: Path,
                                      getattr(params.train, run.task).eval_batch_size, pick_device(device))
     metrics = {"run": run.name, "task": run.task, "model": run.baseline or "transformer", "attention": run.attention,
                "regime": run.regime, "main_metric": task.MAIN_METRIC, **{k: _rounded(v) for k, v in headline.items()}}
-    table_paths = []
     tables_dir = out_json.with_suffix("")
     tables_dir.mkdir(parents=True, exist_ok=True)
     for name, table in tables.items():
@@ -158,16 +166,7 @@ def evaluate_run(params: Params, run_name: str, data_h5: Path, stats_json: Path,
             else:  # named arrays for the report's figures
                 with open(tmp, "wb") as f:
                     np.savez_compressed(f, **table)
-        table_paths.append(path)
     write_json(out_json, metrics)
-
-    if params.tracking.enabled and trained.get("mlflow_run_id"):
-        from flexheads.tracking import Tracker, tracking_uri
-
-        tracker = Tracker.resume(tracking_uri(params.tracking.uri), trained["mlflow_run_id"])
-        tracker.log_metrics({f"test_{k}": v for k, v in headline.items()}, step=trained["steps"])
-        for path in [out_json, *table_paths]:
-            tracker.log_artifact(path, "evaluation")
     return metrics
 
 

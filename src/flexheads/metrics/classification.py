@@ -1,4 +1,4 @@
-"""Multi-label classification metrics (ChestX-ray14 protocol) as pure numpy / scikit-learn functions.
+"""Multi-label classification metrics (ChestX-ray14 protocol) as pure numpy functions.
 
 Axis layout: ``y_true`` is ``(N, K)`` in {0, 1} (sample ``n`` has finding ``k``), ``y_score`` is ``(N, K)`` real
 (logits or probabilities: every metric here depends on the scores only through their order or a threshold on
@@ -9,6 +9,10 @@ mean over findings; F1, sensitivity and specificity need a threshold per finding
 split to maximise that finding's F1 (:func:`thresholds_max_f1`) and then applied unchanged to the test split.
 A value that a split cannot define (AUROC of a finding with no positive, or no negative, sample) is NaN, and the
 means skip NaNs (:func:`mean_defined`).
+
+The ranking metrics are computed here in numpy (:func:`_binary_auroc`, :func:`_binary_average_precision`,
+:func:`_precision_recall_curve`) rather than imported from ``sklearn.metrics``, whose import alone costs ~2.4
+CPU-seconds per process; they equal scikit-learn's to float round-off (tests/metrics/test_classification.py).
 """
 
 from __future__ import annotations
@@ -16,7 +20,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import numpy as np
-from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
 __all__ = [
     "auroc_per_class",
@@ -49,16 +52,56 @@ def _names(labels: Sequence[str], n_columns: int) -> list[str]:
     return [str(label) for label in labels]
 
 
+def _binary_auroc(y_true: np.ndarray, y_score: np.ndarray) -> float:
+    """AUROC of one binary column (bool ``y_true``, both classes present), the Mann-Whitney U statistic.
+
+    ``AUROC = (sum_{i positive} rank_i - n_pos (n_pos + 1) / 2) / (n_pos * n_neg)`` with 1-based ranks of
+    ``y_score`` ascending and tied scores given their average rank (``rank = #{s < s_i} + (#{s = s_i} + 1) / 2``),
+    which counts a tied (positive, negative) pair as 1/2. Equals ``sklearn.metrics.roc_auc_score``.
+    """
+    ordered = np.sort(y_score)
+    ranks = (np.searchsorted(ordered, y_score, "left") + np.searchsorted(ordered, y_score, "right") + 1) / 2
+    n_pos = int(y_true.sum())
+    n_neg = len(y_true) - n_pos
+    return float((ranks[y_true].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def _precision_recall_curve(y_true: np.ndarray, y_score: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Precision and recall of one binary column (bool ``y_true``, >= 1 positive) at each distinct score.
+
+    Calling ``score >= t`` positive at each distinct score ``t``: ``P(t) = TP(t) / (TP(t) + FP(t))``,
+    ``R(t) = TP(t) / n_pos``. Returns ``(precision, recall, thresholds)`` in the layout of
+    ``sklearn.metrics.precision_recall_curve``: thresholds ascending (``(T,)``), precision and recall ``(T + 1,)``
+    at those thresholds followed by a last point ``(P = 1, R = 0)`` that belongs to no threshold.
+    """
+    order = np.argsort(y_score, kind="stable")[::-1]  # descending score
+    score, positive = y_score[order], y_true[order]
+    last = np.append(np.flatnonzero(np.diff(score)), len(score) - 1)  # last sample of each distinct score
+    tp = np.cumsum(positive)[last]
+    precision, recall = tp / (last + 1), tp / tp[-1]  # last + 1 = TP + FP = samples with score >= t
+    return np.append(precision[::-1], 1.0), np.append(recall[::-1], 0.0), score[last][::-1]
+
+
+def _binary_average_precision(y_true: np.ndarray, y_score: np.ndarray) -> float:
+    """Average precision of one binary column (bool ``y_true``, >= 1 positive), no interpolation.
+
+    ``AP = sum_n (R_n - R_{n-1}) P_n`` over the distinct scores ``n`` in decreasing order (``R_0 = 0``), with
+    ``P_n``, ``R_n`` from :func:`_precision_recall_curve`. Equals ``sklearn.metrics.average_precision_score``.
+    """
+    precision, recall, _ = _precision_recall_curve(y_true, y_score)
+    return float(max(0.0, -np.sum(np.diff(recall) * precision[:-1])))
+
+
 def auroc_per_class(y_true: np.ndarray, y_score: np.ndarray, labels: Sequence[str]) -> dict[str, float]:
     """Area under the ROC curve of each finding, ``label -> AUROC`` in [0, 1].
 
     ``AUROC_k = P(s_pos > s_neg) + P(s_pos = s_neg) / 2`` over all (positive, negative) sample pairs of column
-    ``k`` (the Mann-Whitney U statistic over ``n_pos * n_neg``; ``sklearn.metrics.roc_auc_score``). NaN where the
+    ``k`` (the Mann-Whitney U statistic over ``n_pos * n_neg``, :func:`_binary_auroc`). NaN where the
     column holds only positives or only negatives: there is no pair to rank.
     """
     y_true, y_score = _as_multilabel(y_true, y_score)
     names = _names(labels, y_true.shape[1])
-    values = [roc_auc_score(t, s) if 0 < t.sum() < len(t) else np.nan for t, s in zip(y_true.T, y_score.T)]
+    values = [_binary_auroc(t, s) if 0 < t.sum() < len(t) else np.nan for t, s in zip(y_true.T, y_score.T)]
     return {name: float(value) for name, value in zip(names, values)}
 
 
@@ -66,12 +109,12 @@ def average_precision_per_class(y_true: np.ndarray, y_score: np.ndarray, labels:
     """Average precision of each finding, ``label -> AP`` in [0, 1] (area under the precision-recall curve).
 
     ``AP_k = sum_i (R_i - R_{i-1}) P_i`` over the thresholds ``i`` at the distinct scores, descending
-    (``sklearn.metrics.average_precision_score``, no interpolation). A random score has AP ≈ the prevalence
+    (:func:`_binary_average_precision`, no interpolation). A random score has AP ≈ the prevalence
     ``n_pos / N``. NaN where the column has no positive (recall undefined).
     """
     y_true, y_score = _as_multilabel(y_true, y_score)
     names = _names(labels, y_true.shape[1])
-    values = [average_precision_score(t, s) if t.any() else np.nan for t, s in zip(y_true.T, y_score.T)]
+    values = [_binary_average_precision(t, s) if t.any() else np.nan for t, s in zip(y_true.T, y_score.T)]
     return {name: float(value) for name, value in zip(names, values)}
 
 
@@ -87,7 +130,7 @@ def thresholds_max_f1(y_true_val: np.ndarray, y_score_val: np.ndarray) -> np.nda
     thresholds = np.full(y_true.shape[1], np.inf)
     for k, (t, s) in enumerate(zip(y_true.T, y_score.T)):
         if t.any():
-            precision, recall, candidates = precision_recall_curve(t, s)  # candidates ascending
+            precision, recall, candidates = _precision_recall_curve(t, s)  # candidates ascending
             p, r = precision[:-1], recall[:-1]  # the last entry (P = 1, R = 0) belongs to no threshold
             f1 = np.divide(2 * p * r, p + r, out=np.zeros_like(p), where=p + r > 0)
             thresholds[k] = candidates[np.argmax(f1)]

@@ -1,7 +1,8 @@
 """The thesis's 2D pose model: a ResNet trunk whose feature map becomes tokens for a transformer encoder, and
 17 keypoint heatmaps read off the encoded tokens (TransPose, Yang et al. 2021, with an integral read-out).
 
-A person crop ``(B, 3, H, W)`` passes a torchvision ResNet cut after ``layer1``, ``layer2`` or ``layer3``
+A person crop ``(B, 3, H, W)`` passes a ResNet (torchvision's, re-implemented in :mod:`flexheads.nn.resnet` so
+that training and evaluation need not import torchvision) cut after ``layer1``, ``layer2`` or ``layer3``
 (``backbone_stride`` 4, 8, 16), a 1×1 convolution ``embed`` to ``d_model`` and a fixed 2D sinusoidal position
 code: one token per cell of the ``rows × cols`` feature grid (64×48 crops at stride 8 give 8×6 = 48 tokens).
 The configured encoder (standard or flexible heads, Post-LN, Pre-LN or no LayerNorm) mixes the tokens, and a
@@ -24,20 +25,22 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
-import torchvision
 from torch import Tensor, nn
 
 from flexheads.models.config import ModelConfig
 from flexheads.nn import EncoderConfig, TransformerEncoder, init_weights, sinusoidal_encoding
+from flexheads.nn.resnet import TRUNK_STRIDES, load_resnet_weights
+from flexheads.nn.resnet import resnet_trunk as random_resnet_trunk
 
-BACKBONES = {
-    "resnet18": (torchvision.models.resnet18, torchvision.models.ResNet18_Weights.IMAGENET1K_V1),
-    "resnet34": (torchvision.models.resnet34, torchvision.models.ResNet34_Weights.IMAGENET1K_V1),
-    "resnet50": (torchvision.models.resnet50, torchvision.models.ResNet50_Weights.IMAGENET1K_V1),
+BACKBONES = {  # backbone → its ImageNet weights in torchvision (``torchvision.models.<enum>.<member>``)
+    "resnet18": ("ResNet18_Weights", "IMAGENET1K_V1"),
+    "resnet34": ("ResNet34_Weights", "IMAGENET1K_V1"),
+    "resnet50": ("ResNet50_Weights", "IMAGENET1K_V1"),
 }
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the statistics torchvision's ImageNet weights were trained with
 IMAGENET_STD = (0.229, 0.224, 0.225)
-TRUNK_MODULES = {4: 5, 8: 6, 16: 7}  # backbone_stride → modules of conv1, bn1, relu, maxpool, layer1-3 kept
+# backbone_stride → modules of conv1, bn1, relu, maxpool, layer1-3 kept (5, 6, 7)
+TRUNK_MODULES = {stride: 4 + n_stages for stride, n_stages in TRUNK_STRIDES.items()}
 
 
 @dataclass(frozen=True)
@@ -89,21 +92,31 @@ def cell_centres(rows: int, cols: int) -> Tensor:
     return torch.stack([x, y], -1).reshape(rows * cols, 2)
 
 
-def resnet_trunk(name: str, pretrained: bool, stride: int) -> tuple[nn.Sequential, int]:
-    """A torchvision ResNet up to and including ``layer1``, ``layer2`` or ``layer3`` (``stride`` 4, 8, 16), and its
-    output channels."""
-    builder, weights = BACKBONES[name]
+def imagenet_state_dict(name: str) -> dict[str, Tensor]:
+    """torchvision's ImageNet weights of ResNet ``name`` (a full ResNet's state_dict), downloaded on first use into
+    ``torch.hub.get_dir()/checkpoints``. The only use of torchvision, imported here: it costs ~2 CPU-seconds."""
+    from torchvision import models  # lazily: only pretrained trunks need it
+
+    enum, member = BACKBONES[name]
+    weights = getattr(models, enum)[member]
     try:
-        resnet = builder(weights=weights if pretrained else None)
+        return weights.get_state_dict(progress=True, check_hash=True)  # what resnet*(weights=...) loads
     except (OSError, RuntimeError) as err:  # URLError is an OSError; a corrupt download a RuntimeError
         raise RuntimeError(
             f"model.pose2d.pretrained is true but the ImageNet weights of {name} could not be loaded "
             f"({type(err).__name__}: {err}). Put {weights.url.rsplit('/', 1)[-1]} in "
             f"{torch.hub.get_dir()}/checkpoints on a machine with a network, or set model.pose2d.pretrained: false"
         ) from err
-    stages = [resnet.conv1, resnet.bn1, resnet.relu, resnet.maxpool, resnet.layer1, resnet.layer2, resnet.layer3]
-    trunk = nn.Sequential(*stages[: TRUNK_MODULES[stride]])
-    return trunk, resnet.fc.in_features * stride // 32  # each stage doubles the channels up to layer4's
+
+
+def resnet_trunk(name: str, pretrained: bool, stride: int) -> tuple[nn.Sequential, int]:
+    """torchvision's ResNet ``name`` up to and including ``layer1``, ``layer2`` or ``layer3`` (``stride`` 4, 8, 16),
+    as ``nn.Sequential(conv1, bn1, relu, maxpool, layer1, ...)``, and its output channels: torchvision's random
+    init (bit-identical under the same seed, see :mod:`flexheads.nn.resnet`) or, ``pretrained``, ImageNet's."""
+    trunk, channels = random_resnet_trunk(name, stride)  # drawn either way, as torchvision's builder draws it
+    if pretrained:
+        load_resnet_weights(trunk, imagenet_state_dict(name))
+    return trunk, channels
 
 
 class KeypointTransformer(nn.Module):

@@ -1,4 +1,5 @@
-"""The report as an MLflow run: experiment ``report``, the page, tables and figures as artifacts.
+"""The report as an MLflow run: experiment ``report``, the page, tables and figures as artifacts; and each
+evaluation's test metrics and files added to its training's run.
 
 One run per ``flexheads report``, tagged with the params hash and git commit, so the MLflow UI holds the
 report next to the train/evaluate runs it summarises.  The files under ``reports/`` stay the truth (the DAG's
@@ -8,14 +9,53 @@ outputs); the run is a copy for browsing.  ``mlflow`` is imported only when trac
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from flexheads.config import Params, rule_name
+from flexheads.io import read_json
 from flexheads.report.html import report_files
 
 EXPERIMENT = "report"
 RUN_ID_FILE = ".mlflow_run_id"  # in the report folder while the run is open; a killed report's run ends KILLED
 ARTIFACT_FOLDERS = ("tables", "figures")  # logged under the same names; index.html goes to the root
+EVALUATION_TAG = "evaluation_sha256"  # on a training's run: the evaluation files already logged into it
+
+
+def log_evaluations(params: Params, metrics_dir: Path, models_dir: Path) -> list[str]:
+    """Add each run's test metrics and evaluation files to the MLflow run of its training; returns the run names
+    logged now.
+
+    The training's run (``mlflow_run_id`` of ``models/<run>/train.json``) gains metrics ``test_<key>`` for every
+    number of ``metrics/<run>.json`` at the run's last step, and artifacts ``evaluation/<run>.json`` and
+    ``evaluation/<table>`` for the files of ``metrics/<run>/``.  Done once per evaluation: the run's tag
+    ``evaluation_sha256`` holds the hash of the files logged, and a run whose tag matches is skipped.  One MLflow
+    client for the whole matrix, here, instead of one per evaluation process (MLflow's start-up costs each
+    process ~4 CPU-seconds).  Nothing is logged, and mlflow is not imported, when tracking is disabled.
+    """
+    if not params.tracking.enabled:
+        return []
+    from flexheads.tracking import Tracker, tracking_uri
+
+    uri, logged = tracking_uri(params.tracking.uri), []
+    for run in params.all_runs():
+        trained = read_json(models_dir / run.name / "train.json")
+        metrics_json = metrics_dir / f"{run.name}.json"
+        if not trained.get("mlflow_run_id"):
+            continue
+        files = [metrics_json, *sorted(p for p in metrics_json.with_suffix("").glob("*") if p.is_file())]
+        digest = hashlib.sha256(b"".join(p.name.encode() + p.read_bytes() for p in files)).hexdigest()
+        tracker = Tracker.resume(uri, trained["mlflow_run_id"])
+        if tracker.client.get_run(tracker.run_id).data.tags.get(EVALUATION_TAG) == digest:
+            continue
+        headline = read_json(metrics_json)
+        tracker.log_metrics({f"test_{key}": value for key, value in headline.items()
+                             if isinstance(value, (int, float)) and not isinstance(value, bool)}, step=trained["steps"])
+        for path in files:
+            tracker.log_artifact(path, "evaluation")
+        tracker.client.set_tag(tracker.run_id, EVALUATION_TAG, digest)
+        logged.append(run.name)
+    return logged
 
 
 def publish_report(params: Params, out_dir: Path) -> str | None:
