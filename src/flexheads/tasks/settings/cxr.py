@@ -10,19 +10,21 @@ from flexheads.tasks.base import TaskSettings
 
 
 class CxrModel(EncoderSettings):
-    patch_size: PositiveInt = 8  # ViT patch side: (data.cxr.image_size / patch_size)^2 tokens + CLS
+    patch_size: PositiveInt = 16  # ViT patch side: (data.cxr.image_size / patch_size)^2 tokens + CLS
 
 
 class CxrTrain(TrainSettings):
+    steps: PositiveInt = 300
+    batch_size: PositiveInt = 32
     class_weighted_loss: bool = False  # BCE positives weighted by negatives/positives of each finding
 
 
 class SyntheticCxr(Section):
     """Size of the procedural radiographs written by the cxr ``download`` stage (ChestX-ray14 and COVID layouts)."""
 
-    n_patients: PositiveInt = 800  # ChestX-ray14-style patients, 1-4 images each
-    n_covid_images: PositiveInt = 120  # COVID-19 images in the covid-chestxray-dataset layout
-    image_size: PositiveInt = 256  # side of the written PNGs (ChestX-ray14's are 1024)
+    n_patients: PositiveInt = 400  # ChestX-ray14-style patients, 1-4 images each
+    n_covid_images: PositiveInt = 80  # COVID-19 images in the covid-chestxray-dataset layout
+    image_size: PositiveInt = 128  # side of the written PNGs (ChestX-ray14's are 1024)
     seed: NonNegativeInt = 0
 
 

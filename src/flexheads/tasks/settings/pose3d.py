@@ -24,8 +24,8 @@ class Pose3DModel(EncoderSettings):
 
 
 class Pose3DTrain(TrainSettings):
-    steps: PositiveInt = 400
-    batch_size: PositiveInt = 128
+    steps: PositiveInt = 200
+    batch_size: PositiveInt = 64
     eval_batch_size: PositiveInt = 4096
     eval_every: NonNegativeInt = 50
     stride: PositiveInt = 1  # train on every stride-th frame (Human3.6M runs at 50 fps)
@@ -35,7 +35,7 @@ class SyntheticPose3D(Section):
     """Size and noise of the synthetic Human3.6M written by the pose3d ``download`` stage."""
 
     sequences_per_action: PositiveInt = 1
-    frames_per_sequence: PositiveInt = 200
+    frames_per_sequence: PositiveInt = 100
     noise_px: NonNegativeFloat = 0.0
     outlier_rate: Probability = 0.0
     seed: NonNegativeInt = 0
