@@ -15,7 +15,6 @@ from typing import Any, Callable
 
 import typer
 
-from flexheads.config import load_params
 from flexheads.errors import DataError, UserError
 
 app = typer.Typer(help="flexheads: data → prepare → train → evaluate → report for the flexible-heads study.",
@@ -25,6 +24,13 @@ ParamsOption = typer.Option(Path("params.yaml"), "--params", "-p", help="The par
 DeviceOption = typer.Option("auto", help="auto (CUDA when present), cpu or cuda.")
 RUN_HELP = ("Run name <task>-<attention>-<regime>-<seed>, e.g. pose3d-flexible-preln-0, or a baseline "
             "<task>-<baseline> (see `flexheads runs`).")
+
+
+def load_params(path: Path) -> Any:
+    """``flexheads.config.load_params(path)``, imported on first use: `flexheads --help` needs no schema."""
+    from flexheads.config import load_params as load
+
+    return load(path)
 
 
 def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -134,7 +140,7 @@ def report(
     from flexheads.report import building
     from flexheads.report.figures import write_dvc_plots, write_figures
     from flexheads.report.html import write_index
-    from flexheads.report.publish import publish_report
+    from flexheads.report.publish import log_evaluations, publish_report
     from flexheads.report.tables import write_tables
     from flexheads.stages import clear_abandoned_attempts
 
@@ -146,6 +152,9 @@ def report(
                    *write_dvc_plots(p, build / "figures", build / "plots"), write_index(p, params, build)]
     for path in written:
         typer.echo(str(out / path.relative_to(build)))
+    logged = log_evaluations(p, metrics_dir, models_dir)
+    if logged:
+        typer.echo(f"MLflow: test metrics and evaluation files added to the training runs of {len(logged)} run(s)")
     run_id = publish_report(p, out)
     if run_id is not None:
         typer.echo(f"MLflow run {run_id} (experiment report)")
@@ -167,6 +176,33 @@ def compare(
     except MissingInputs as err:
         raise DataError("missing metrics files (run `flexheads evaluate` for them first): "
                         + ", ".join(str(path) for path in err.missing)) from None
+
+
+@app.command()
+@user_errors
+def bench(
+    params: Path = ParamsOption,
+    thesis_params: Path = typer.Option(Path("params/thesis.yaml"), help="The params of the thesis size."),
+    device: str = typer.Option("auto", help="auto (CUDA when present), cpu or cuda (bf16 autocast)."),
+    quick: bool = typer.Option(False, "--quick", help="Fewer rounds and tiny data; on CPU small thesis-size "
+                                                       "batches and no torch.compile (a couple of minutes)."),
+    out: Path = typer.Option(Path("reports/bench"), help="Folder of <device>.json and <device>.md."),
+    threads: int = typer.Option(0, min=0, help="torch CPU threads; 0: every core this process may use."),
+) -> None:
+    """Time training steps side by side: every task's model at params.yaml's size and a thesis size with standard
+    and flexible heads, the ViT against timm's, flexible heads at equal attention FLOPs, the data stall of the real
+    input pipeline, eager against torch.compile; writes <out>/<device>.json and .md."""
+    from flexheads.bench import run_bench
+
+    result = run_bench(load_params(params), load_params(thesis_params), device=device, quick=quick, out=out, threads=threads or None,
+                       progress=lambda line: typer.echo(line, err=True))
+    device_type = result["environment"]["device"]
+    for task, sizes in result["tasks"].items():
+        for size, group in sizes.items():
+            ratios = ", ".join(f"{key} {value:.2f}" for key, value in group.items() if key.endswith("_ratio"))
+            typer.echo(f"{task} {size}: standard {group['throughput']['standard']['samples_per_s']:.1f} samples/s, "
+                       f"{ratios}, data_stall_fraction {group['data']['data_stall_fraction']:.3f}")
+    typer.echo(f"{out / device_type}.json, {out / device_type}.md ({result['wall_time_s']:.0f} s)")
 
 
 @app.command("tracking-init")
