@@ -17,6 +17,7 @@ lists plus everything downstream of them: what ``dvc repro`` may rerun.
 from __future__ import annotations
 
 import os
+import posixpath
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,7 +90,8 @@ def stage_inputs(stage: Stage, stages: list[Stage]) -> list[str]:
     produced = [out for other in stages for out in other.outs]
     inputs = []
     for dep in stage.deps:
-        inside = [out for out in produced if Path(dep) in Path(out).parents]
+        folder = posixpath.normpath(dep) + "/"  # DVC's paths are relative and POSIX: a prefix test is `in parents`
+        inside = [out for out in produced if posixpath.normpath(out).startswith(folder)]
         inputs.extend(inside if dep not in produced and inside else [dep])
     return inputs
 

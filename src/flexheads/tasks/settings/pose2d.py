@@ -12,12 +12,12 @@ from flexheads.tasks.base import TaskSettings
 class Pose2DModel(EncoderSettings):
     backbone: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"
     pretrained: bool = False  # ImageNet weights (downloaded by torchvision; needs a network)
-    backbone_stride: Literal[4, 8, 16] = 4  # 4: the trunk stops after layer1, 8: after layer2, 16: after layer3
+    backbone_stride: Literal[4, 8, 16] = 8  # 4: the trunk stops after layer1, 8: after layer2, 16: after layer3
     n_layers: PositiveInt = 2
 
 
 class Pose2DTrain(TrainSettings):
-    steps: PositiveInt = 500
+    steps: PositiveInt = 400
     batch_size: PositiveInt = 32
     lr_scale: PositiveFloat = 0.5  # the CNN trunk wants half the transformer-only rate
     flip_test: bool = True  # average the prediction of the crop and of its mirror image at evaluation
@@ -28,7 +28,7 @@ class SyntheticPose2D(Section):
 
     n_train_images: PositiveInt = 400
     n_val_images: PositiveInt = 100
-    image_size: tuple[PositiveInt, PositiveInt] = (256, 192)  # width, height
+    image_size: tuple[PositiveInt, PositiveInt] = (320, 240)  # width, height
     max_people: PositiveInt = 3
     seed: NonNegativeInt = 0
 
@@ -38,7 +38,7 @@ class Pose2DData(Section):
 
     source: Literal["synthetic", "coco"] = "synthetic"
     coco_dir: str = "data/external/coco"  # download cache of the official archives (source: coco)
-    crop_size: tuple[PositiveInt, PositiveInt] = (32, 24)  # person crop height, width (COCO's 4:3 aspect)
+    crop_size: tuple[PositiveInt, PositiveInt] = (64, 48)  # person crop height, width (COCO's 4:3 aspect)
     synthetic: SyntheticPose2D = SyntheticPose2D()
 
 
