@@ -194,8 +194,8 @@ def bench(
     input pipeline, eager against torch.compile; writes <out>/<device>.json and .md."""
     from flexheads.bench import run_bench
 
-    result = run_bench(load_params(params), load_params(thesis_params), device=device, quick=quick, out=out, threads=threads or None,
-                       progress=lambda line: typer.echo(line, err=True))
+    result = run_bench(load_params(params), load_params(thesis_params), device=device, quick=quick, out=out,
+                       threads=threads or None, progress=lambda line: typer.echo(line, err=True))
     device_type = result["environment"]["device"]
     for task, sizes in result["tasks"].items():
         for size, group in sizes.items():

@@ -1,8 +1,8 @@
 """The whole bench: for each task and size, one interleaved timing of every candidate, then JSON and Markdown.
 
-Per task and size ("default": params.yaml's model; "thesis": params/thesis.yaml's, :func:`flexheads.bench.models.thesis_size`) the
-candidates are the ``standard``, ``flexible`` and ``flexible_equal_flops`` models (:mod:`flexheads.bench.models`),
-for cxr the timm twin of the standard ViT, and where the plan says so the standard model's loss under
+Per task and size ("default": params.yaml's model; "thesis": params/thesis.yaml's,
+:func:`flexheads.bench.models.thesis_size`) the candidates are the ``standard``, ``flexible`` and
+``flexible_equal_flops`` models (:mod:`flexheads.bench.models`), for cxr the timm twin of the standard ViT, and where the plan says so the standard model's loss under
 ``torch.compile``.  ``standard`` takes each step's batch from the real input pipeline (phases ``data`` and
 ``step``, :mod:`flexheads.bench.data`); the others train on one fixed batch already on the device.  Every
 candidate trains with the bench's regime (:func:`bench_regime`) and optimiser at the same batch size.
@@ -247,8 +247,8 @@ def _jsonable(values: Mapping[str, Any]) -> dict[str, Any]:
     return {key: list(value) if isinstance(value, tuple) else value for key, value in values.items()}
 
 
-def run_bench(params: Params, thesis: Params, *, device: str = "auto", quick: bool = False, out: Path = Path("reports/bench"),
-              threads: int | None = None, plan: Plan | None = None,
+def run_bench(params: Params, thesis: Params, *, device: str = "auto", quick: bool = False,
+              out: Path = Path("reports/bench"), threads: int | None = None, plan: Plan | None = None,
               progress: Callable[[str], None] = lambda line: None) -> dict[str, Any]:
     """Run the bench (module docstring) and write ``<out>/<device>.json`` and ``.md``; returns the JSON's dict.
 
