@@ -3,9 +3,10 @@
 Per task and size ("default": params.yaml's model; "thesis": params/thesis.yaml's,
 :func:`flexheads.bench.models.thesis_size`) the candidates are the ``standard``, ``flexible`` and
 ``flexible_equal_flops`` models (:mod:`flexheads.bench.models`), for cxr the timm twin of the standard ViT, and
-where the plan says so the standard model's loss under ``torch.compile``.  ``standard`` takes each step's batch from the real input pipeline (phases ``data`` and
-``step``, :mod:`flexheads.bench.data`); the others train on one fixed batch already on the device.  Every
-candidate trains with the bench's regime (:func:`bench_regime`) and optimiser at the same batch size.
+where the plan says so the standard model's loss under ``torch.compile``.  ``standard`` takes each step's batch
+from the real input pipeline (phases ``data`` and ``step``, :mod:`flexheads.bench.data`); the others train on one
+fixed batch already on the device.  Every candidate trains with the bench's regime (:func:`bench_regime`) and
+optimiser at the same batch size.
 
     samples/s = batch size / median seconds of the "step" phase (forward + backward + optimiser step)
     <a>_vs_<b>_ratio = samples/s of a / samples/s of b    (e.g. vit_thesis_vs_timm_ratio: project ViT ÷ timm)
