@@ -187,7 +187,7 @@ def fit(
             lr = lr_of_step(step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            batch = _to_device(next(batches), device)
+            batch = to_device(next(batches), device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                 loss = step_loss(model, batch)
             optimizer.zero_grad(set_to_none=True)
@@ -386,11 +386,12 @@ def _save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimi
     save_torch(path, payload)
 
 
-def _to_device(batch: Batch, device: torch.device) -> Batch:
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    """``batch`` (a tensor or a tuple, list or dict of them) on ``device``, copied asynchronously from pinned memory."""
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=True)
     if isinstance(batch, dict):
-        return {k: _to_device(v, device) for k, v in batch.items()}
+        return {k: to_device(v, device) for k, v in batch.items()}
     if isinstance(batch, (list, tuple)):
-        return type(batch)(_to_device(v, device) for v in batch)
+        return type(batch)(to_device(v, device) for v in batch)
     return batch

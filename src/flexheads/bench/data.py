@@ -29,6 +29,7 @@ import torch
 from flexheads.config import Params, Section
 from flexheads.data.loader import step_batches
 from flexheads.tasks import get_task
+from flexheads.train import to_device
 
 Batch = Any
 
@@ -61,17 +62,6 @@ def prepared_data(task: str, data: Section, folder: Path) -> Path:
     h5 = folder / f"{task}.h5"
     hooks.prepare(data, folder / "raw", h5, folder / f"{task}.stats.json")
     return h5
-
-
-def to_device(batch: Batch, device: torch.device) -> Batch:
-    """``batch`` (a tensor or a tuple, list or dict of them) on ``device``, as the training loop moves it."""
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, dict):
-        return {key: to_device(value, device) for key, value in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(to_device(value, device) for value in batch)
-    return batch
 
 
 def loader_name(workers: int) -> str:

@@ -33,7 +33,6 @@ import torch
 
 from flexheads.bench.data import (
     FULL_COUNTS, QUICK_COUNTS, FedStep, batch_source, data_settings, loader_name, prepared_data, stall_fraction,
-    to_device,
 )
 from flexheads.bench.markdown import markdown
 from flexheads.bench.models import (
@@ -45,7 +44,7 @@ from flexheads.config import Params
 from flexheads.errors import UserError
 from flexheads.io import write_json, write_text
 from flexheads.tasks import BUILTIN_TASKS, get_task
-from flexheads.train import pick_device
+from flexheads.train import pick_device, to_device
 
 SIZES = ("default", "thesis")
 FORMULAS = {
