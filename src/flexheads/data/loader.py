@@ -24,7 +24,8 @@ train split that every built-in task's ``training_batches`` reads into memory on
 closed there, so no HDF5 handle crosses a fork; a task that kept a file open for lazy reads would have to open
 one handle per worker, e.g. on first use in the worker).  ``batch_at`` is a closure of ``training_batches`` and
 cannot be pickled, so the ``spawn`` and ``forkserver`` start methods (macOS's and Windows' default) cannot run
-it: there :func:`step_batches` refuses ``workers > 0`` with a ``ValueError`` rather than fail in the workers.
+it: there :func:`step_batches` refuses ``workers > 0`` with a ``ParamsError`` (one line from the CLI) rather
+than fail in the workers.
 A worker runs torch with one thread (``DataLoader`` sets it); its CPU time is not the training process's
 (``time.process_time`` in :func:`flexheads.train.fit` does not count it).
 """
@@ -37,6 +38,8 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
+
+from flexheads.errors import ParamsError
 
 Batch = Any
 PREFETCH_FACTOR = 2  # batches each worker keeps ready ahead of the loop (DataLoader's default)
@@ -65,14 +68,14 @@ def step_batches(batch_at: Callable[[int], Batch], first_step: int, last_step: i
     exhausted or closed (``close()``, e.g. when training stops early), so close it in a ``finally``.
 
     Raises:
-        ValueError: ``workers > 0`` on a platform without the ``fork`` start method.
+        ParamsError: ``workers > 0`` on a platform without the ``fork`` start method (a ``ValueError``).
     """
     if workers == 0:
         for step in range(first_step, last_step + 1):
             yield batch_at(step)
         return
     if "fork" not in multiprocessing.get_all_start_methods():
-        raise ValueError("train.<task>.loader_workers > 0 needs the 'fork' start method (a task's batch_at is a "
+        raise ParamsError("train.<task>.loader_workers > 0 needs the 'fork' start method (a task's batch_at is a "
                          "closure and cannot be pickled for 'spawn'); set loader_workers: 0 on this platform")
     if first_step > last_step:
         return

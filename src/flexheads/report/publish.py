@@ -29,9 +29,9 @@ def log_evaluations(params: Params, metrics_dir: Path, models_dir: Path) -> list
     The training's run (``mlflow_run_id`` of ``models/<run>/train.json``) gains metrics ``test_<key>`` for every
     number of ``metrics/<run>.json`` at the run's last step, and artifacts ``evaluation/<run>.json`` and
     ``evaluation/<table>`` for the files of ``metrics/<run>/``.  Done once per evaluation: the run's tag
-    ``evaluation_sha256`` holds the hash of the files logged, and a run whose tag matches is skipped.  One MLflow
-    client for the whole matrix, here, instead of one per evaluation process (MLflow's start-up costs each
-    process ~4 CPU-seconds).  Nothing is logged, and mlflow is not imported, when tracking is disabled.
+    ``evaluation_sha256`` holds the hash of the files logged, and a run whose tag matches is skipped.  MLflow starts
+    once, in this process, instead of in every evaluation process (its start-up costs a process ~4
+    CPU-seconds).  Nothing is logged, and mlflow is not imported, when tracking is disabled.
     """
     if not params.tracking.enabled:
         return []
