@@ -156,6 +156,10 @@ MALFORMED = {
     ),
     "tfixup with post-LN": (_set("regimes.tfixup.norm", "post"), ["regimes.tfixup:", "set norm: none"]),
     "even window": (_set("model.pose3d.window", 2), ["model.pose3d.window:", "must be odd", "(got 2)"]),
+    "pretrained narrow trunk": (
+        _set("model.pose2d", {**raw_params()["model"]["pose2d"], "pretrained": True, "trunk_width": 32}),
+        ["model.pose2d:", "weights, which exist for trunk_width: 64 only (got trunk_width: 32)"],
+    ),
     "beta of 1": (_set("regimes.radam.betas", [0.9, 1.0]), ["regimes.radam.betas.1:", "less than 1"]),
     # numbers are strict and finite: YAML's `true` is not 1, `.inf` and `.nan` are not learning rates
     "bool for int": (_set("train.pose3d.steps", True), ["train.pose3d.steps:", "valid integer", "(got True)"]),

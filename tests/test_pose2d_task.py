@@ -126,7 +126,7 @@ def test_augmentation_moves_keypoints_with_the_pixels():
 
 def model_config(encoder: EncoderConfig) -> Pose2DConfig:
     return Pose2DConfig(n_keypoints=17, input_size=CROP, backbone="resnet18", backbone_stride=8, pretrained=False,
-                        flip_test=True, encoder=encoder)
+                        trunk_width=64, flip_test=True, encoder=encoder)
 
 
 @pytest.mark.parametrize("norm, init, d_head", [("post", "xavier", None), ("pre", "xavier", 16),
@@ -145,6 +145,25 @@ def test_model_outputs_and_gradients(norm, init, d_head):
     pose2d.keypoint_loss(prediction, torch.rand(2, 17, 2), torch.ones(2, 17, dtype=torch.bool),
                          heatmap_targets(torch.rand(2, 17, 2), model.config, model.cell_centres)).backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_a_saved_config_without_trunk_width_loads_torchvisions_width():
+    """model.pt files written before ``model.pose2d.trunk_width`` existed rebuild with width 64."""
+    encoder = EncoderConfig(d_model=32, n_heads=4, d_head=None, n_layers=1, d_ff=64, dropout=0.0,
+                            activation="gelu", norm="post", init="xavier")
+    saved = model_config(encoder).to_dict()
+    del saved["trunk_width"]
+    model = pose2d.ARCHITECTURES["KeypointTransformer"](saved)
+    assert model.config.trunk_width == 64 and model.embed.in_channels == 128
+
+
+def test_narrow_trunk_shrinks_the_embedding_input():
+    encoder = EncoderConfig(d_model=32, n_heads=4, d_head=None, n_layers=1, d_ff=64, dropout=0.0,
+                            activation="gelu", norm="post", init="xavier")
+    config = Pose2DConfig(**{**model_config(encoder).__dict__, "trunk_width": 16})
+    model = KeypointTransformer(config)
+    assert model.embed.in_channels == 32  # layer2: 2 × 16
+    assert model(torch.rand(2, 3, *CROP))[0].shape == (2, 17, 2)
 
 
 def test_integral_readout_recovers_a_keypoint_between_cells():

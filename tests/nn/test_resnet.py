@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from flexheads.nn.resnet import RESNETS, STAGE_NAMES, TRUNK_STRIDES, load_resnet_weights, resnet_trunk
+from flexheads.nn.resnet import (RESNETS, STAGE_NAMES, TORCHVISION_WIDTH, TRUNK_STRIDES, load_resnet_weights,
+                                  resnet_trunk)
 
 torchvision = pytest.importorskip("torchvision")
 
@@ -128,3 +129,52 @@ def test_pose2d_imports_no_torchvision():
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torchvision'))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(("name", "stride"), [("resnet18", 8), ("resnet50", 16)])
+def test_width_64_is_torchvisions_trunk(name, stride):
+    """``width=64`` given explicitly is the default: torchvision's keys, shapes and init, bit for bit."""
+    torch.manual_seed(SEED)
+    trunk, channels = resnet_trunk(name, stride, width=TORCHVISION_WIDTH)
+    reference = torchvision_trunk(name, stride).state_dict()
+    assert {k: v.shape for k, v in trunk.state_dict().items()} == {k: v.shape for k, v in reference.items()}
+    assert all(torch.equal(v, reference[k]) for k, v in trunk.state_dict().items())
+    assert channels == our_trunk(name, stride)[1]
+
+
+@pytest.mark.parametrize(("name", "stride", "width"), [("resnet18", 8, 16), ("resnet18", 4, 24), ("resnet50", 16, 8)])
+def test_narrow_trunk_scales_every_channel_count(name, stride, width):
+    """Another width keeps torchvision's modules and keys and divides every channel count (but the image's 3)
+    by 64 / width; its output has ``width · expansion · 2^(stages - 1)`` channels."""
+    reference = {k: v.shape for k, v in our_trunk(name, stride)[0].state_dict().items()}
+    trunk, channels = resnet_trunk(name, stride, width=width)
+    shapes = {k: v.shape for k, v in trunk.state_dict().items()}
+    assert list(shapes) == list(reference)
+    for key, shape in shapes.items():
+        expected = [n if n == 3 and i == 1 else n * width // TORCHVISION_WIDTH for i, n in enumerate(reference[key])]
+        if len(shape) == 4:  # kernel sizes are not channels
+            expected[2:] = reference[key][2:]
+        assert list(shape) == expected, key
+    assert channels == our_trunk(name, stride)[1] * width // TORCHVISION_WIDTH
+    assert trunk.eval()(torch.randn(1, 3, 32, 32)).shape == (1, channels, 32 // stride, 32 // stride)
+
+
+def test_narrow_trunk_is_seeded():
+    torch.manual_seed(0)
+    first = resnet_trunk("resnet18", 8, width=16)[0].state_dict()
+    torch.manual_seed(0)
+    second = resnet_trunk("resnet18", 8, width=16)[0].state_dict()
+    assert all(torch.equal(v, second[k]) for k, v in first.items())
+
+
+def test_pretrained_needs_torchvisions_width():
+    from flexheads.models.pose2d import Pose2DConfig
+    from flexheads.nn import EncoderConfig
+
+    encoder = EncoderConfig(d_model=32, n_heads=4, d_head=None, n_layers=1, d_ff=64, dropout=0.0,
+                            activation="gelu", norm="post", init="xavier")
+    fields = dict(n_keypoints=17, input_size=(64, 48), backbone="resnet18", backbone_stride=8, flip_test=True,
+                  encoder=encoder)
+    with pytest.raises(ValueError, match="pretrained ImageNet weights need trunk_width 64"):
+        Pose2DConfig(pretrained=True, trunk_width=32, **fields)
+    assert Pose2DConfig(pretrained=False, trunk_width=32, **fields).trunk_width == 32

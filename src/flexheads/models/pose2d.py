@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from flexheads.models.config import ModelConfig
 from flexheads.nn import EncoderConfig, TransformerEncoder, init_weights, sinusoidal_encoding
-from flexheads.nn.resnet import TRUNK_STRIDES, load_resnet_weights
+from flexheads.nn.resnet import TORCHVISION_WIDTH, TRUNK_STRIDES, load_resnet_weights
 from flexheads.nn.resnet import resnet_trunk as random_resnet_trunk
 
 BACKBONES = {  # backbone → its ImageNet weights in torchvision (``torchvision.models.<enum>.<member>``)
@@ -50,6 +50,7 @@ class Pose2DConfig(ModelConfig):
     backbone: str  # resnet18 | resnet34 | resnet50
     backbone_stride: int  # 4, 8 or 16: the trunk is cut after layer1, layer2 or layer3
     pretrained: bool  # ImageNet weights for the trunk (a network download); random init keeps runs offline
+    trunk_width: int  # the trunk's base channels (conv1, layer1); 64 is torchvision's, the only one pretrained takes
     flip_test: bool  # evaluation averages the crop's and its mirror's predictions (train.pose2d.flip_test)
     encoder: EncoderConfig  # its init applies to the transformer part; the trunk keeps torchvision's or ImageNet's
 
@@ -59,6 +60,9 @@ class Pose2DConfig(ModelConfig):
             raise ValueError(f"backbone must be one of {tuple(BACKBONES)}, got {self.backbone!r}")
         if self.backbone_stride not in TRUNK_MODULES:
             raise ValueError(f"backbone_stride must be one of {tuple(TRUNK_MODULES)}, got {self.backbone_stride}")
+        if self.pretrained and self.trunk_width != TORCHVISION_WIDTH:
+            raise ValueError(f"pretrained ImageNet weights need trunk_width {TORCHVISION_WIDTH} (torchvision's), "
+                             f"got {self.trunk_width}")
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -109,11 +113,14 @@ def imagenet_state_dict(name: str) -> dict[str, Tensor]:
         ) from err
 
 
-def resnet_trunk(name: str, pretrained: bool, stride: int) -> tuple[nn.Sequential, int]:
+def resnet_trunk(name: str, pretrained: bool, stride: int,
+                 width: int = TORCHVISION_WIDTH) -> tuple[nn.Sequential, int]:
     """torchvision's ResNet ``name`` up to and including ``layer1``, ``layer2`` or ``layer3`` (``stride`` 4, 8, 16),
     as ``nn.Sequential(conv1, bn1, relu, maxpool, layer1, ...)``, and its output channels: torchvision's random
-    init (bit-identical under the same seed, see :mod:`flexheads.nn.resnet`) or, ``pretrained``, ImageNet's."""
-    trunk, channels = random_resnet_trunk(name, stride)  # drawn either way, as torchvision's builder draws it
+    init (bit-identical under the same seed, see :mod:`flexheads.nn.resnet`) or, ``pretrained``, ImageNet's.
+    ``width``: base channels, torchvision's 64 or (random init only: ImageNet's weights fit 64 alone) a narrower
+    or wider trunk of the same architecture."""
+    trunk, channels = random_resnet_trunk(name, stride, width)  # drawn either way, as torchvision's builder does
     if pretrained:
         load_resnet_weights(trunk, imagenet_state_dict(name))
     return trunk, channels
@@ -131,7 +138,7 @@ class KeypointTransformer(nn.Module):
         super().__init__()
         self.config = config
         self.backbone, channels = resnet_trunk(config.backbone, config.pretrained and load_pretrained,
-                                               config.backbone_stride)
+                                               config.backbone_stride, config.trunk_width)
         d = config.encoder.d_model
         self.embed = nn.Conv2d(channels, d, kernel_size=1)  # named `embed`: T-Fixup scales it
         self.register_buffer("positions", sinusoidal_encoding_2d(*config.grid, d), persistent=False)

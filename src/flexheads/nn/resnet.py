@@ -20,7 +20,8 @@ from collections.abc import Iterable, Iterator, Mapping
 import torch
 from torch import Tensor, nn
 
-__all__ = ["RESNETS", "TRUNK_STRIDES", "BasicBlock", "Bottleneck", "load_resnet_weights", "resnet_trunk"]
+__all__ = ["RESNETS", "TORCHVISION_WIDTH", "TRUNK_STRIDES", "BasicBlock", "Bottleneck", "load_resnet_weights",
+           "resnet_trunk"]
 
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -86,15 +87,18 @@ RESNETS: dict[str, tuple[type[BasicBlock | Bottleneck], tuple[int, int, int, int
     "resnet50": (Bottleneck, (3, 4, 6, 3)),
 }
 TRUNK_STRIDES = {4: 1, 8: 2, 16: 3}  # output stride → residual stages kept (layer1, layer1-2, layer1-3)
+TORCHVISION_WIDTH = 64  # channels of conv1 and layer1 (layer2-4: 2, 4, 8 times as many): torchvision's ResNets
 STAGE_NAMES = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3")  # torchvision's names, in order
 N_CLASSES = 1000  # torchvision's fc, whose construction draws the trunk replays
 
 
-def _stage_specs(name: str) -> Iterator[tuple[int, int, int, int]]:
-    """``(stage, inplanes, planes, stride)`` of each of the four residual stages, as torchvision's ``_make_layer``."""
+def _stage_specs(name: str, width: int = TORCHVISION_WIDTH) -> Iterator[tuple[int, int, int, int]]:
+    """``(stage, inplanes, planes, stride)`` of each of the four residual stages, as torchvision's ``_make_layer``
+    (``width`` 64: torchvision's planes 64, 128, 256, 512)."""
     block = RESNETS[name][0]
-    inplanes = 64
-    for stage, (planes, stride) in enumerate(zip((64, 128, 256, 512), (1, 2, 2, 2))):
+    inplanes = width
+    for stage, stride in enumerate((1, 2, 2, 2)):
+        planes = width * 2**stage
         yield stage, inplanes, planes, stride
         inplanes = planes * block.expansion
 
@@ -111,14 +115,15 @@ def make_layer(block: type[BasicBlock | Bottleneck], inplanes: int, planes: int,
     return nn.Sequential(*layers)
 
 
-def _conv_shapes(name: str, stages: Iterable[int]) -> tuple[list[torch.Size], list[torch.Size]]:
+def _conv_shapes(name: str, stages: Iterable[int],
+                 width: int = TORCHVISION_WIDTH) -> tuple[list[torch.Size], list[torch.Size]]:
     """Weight shapes of the convolutions of residual ``stages`` in torchvision's construction order (shortcut
     first in a stage's first block) and in module order (shortcut last), read off a copy built on the meta
     device (which draws no random numbers)."""
     block, depths = RESNETS[name]
     built, ordered = [], []
     with torch.device("meta"):
-        for stage, inplanes, planes, stride in _stage_specs(name):
+        for stage, inplanes, planes, stride in _stage_specs(name, width):
             if stage not in stages:
                 continue
             for module in make_layer(block, inplanes, planes, depths[stage], stride):
@@ -129,14 +134,14 @@ def _conv_shapes(name: str, stages: Iterable[int]) -> tuple[list[torch.Size], li
 
 
 @torch.no_grad()
-def _replay_draws(name: str, dropped: Iterable[int], kept_convs: list[nn.Conv2d]) -> None:
+def _replay_draws(name: str, dropped: Iterable[int], kept_convs: list[nn.Conv2d], width: int) -> None:
     """The random draws of torchvision's ``ResNet.__init__`` after the kept modules are built: the default
     ``kaiming_uniform_`` of the dropped stages' convolutions and of ``fc`` (weight, then bias), then
     ``kaiming_normal_`` of every convolution in module order, of the kept ones for real and of the dropped
     ones on scratch tensors. Bounds and standard deviations do not change which numbers a generator hands out,
     only each tensor's op and size do, so the scratch draws use unit ones."""
-    built, ordered = _conv_shapes(name, dropped)
-    channels = 512 * RESNETS[name][0].expansion
+    built, ordered = _conv_shapes(name, dropped, width)
+    channels = 8 * width * RESNETS[name][0].expansion
     for shape in [*built, (N_CLASSES, channels)]:
         torch.empty(shape).uniform_()
     torch.empty(N_CLASSES).uniform_()  # fc.bias
@@ -146,34 +151,42 @@ def _replay_draws(name: str, dropped: Iterable[int], kept_convs: list[nn.Conv2d]
         torch.empty(shape).normal_()
 
 
-def resnet_trunk(name: str, stride: int) -> tuple[nn.Sequential, int]:
+def resnet_trunk(name: str, stride: int, width: int = TORCHVISION_WIDTH) -> tuple[nn.Sequential, int]:
     """``nn.Sequential(conv1, bn1, relu, maxpool, layer1[, layer2[, layer3]])`` of torchvision's ``name``
     (resnet18, resnet34, resnet50) cut at output ``stride`` 4, 8 or 16, randomly initialised as torchvision's
     ``resnet*(weights=None)`` is (see the module docstring), and its output channels. Its state_dict keys are
     the ``nn.Sequential``'s (``0.weight``, ``4.0.conv1.weight``, ...), as torchvision's modules in such a
-    Sequential have them; :func:`load_resnet_weights` maps torchvision's ResNet keys onto it."""
+    Sequential have them; :func:`load_resnet_weights` maps torchvision's ResNet keys onto it.
+
+    ``width`` is the base channel count (conv1 and layer1; layer2 and layer3 have 2 and 4 times as many, times
+    the block's expansion). Only the default, torchvision's 64, gives torchvision's modules, parameter shapes
+    and bit-identical init (and so can take its ImageNet weights); any other width is the same architecture
+    scaled, initialised by the same procedure (same ops in the same order on tensors of the scaled sizes), and
+    costs about ``(width / 64)²`` of the convolutions' FLOPs."""
     if name not in RESNETS:
         raise ValueError(f"ResNet must be one of {tuple(RESNETS)}, got {name!r}")
     if stride not in TRUNK_STRIDES:
         raise ValueError(f"ResNet trunk stride must be one of {tuple(TRUNK_STRIDES)}, got {stride}")
+    if width < 1:
+        raise ValueError(f"ResNet trunk width must be a positive number of channels, got {width}")
     block, depths = RESNETS[name]
     n_stages = TRUNK_STRIDES[stride]
     modules: list[nn.Module] = [
-        nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False),
-        nn.BatchNorm2d(64),
+        nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False),
+        nn.BatchNorm2d(width),
         nn.ReLU(inplace=True),
         nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
     ]
-    for stage, inplanes, planes, layer_stride in _stage_specs(name):
+    for stage, inplanes, planes, layer_stride in _stage_specs(name, width):
         if stage < n_stages:
             modules.append(make_layer(block, inplanes, planes, depths[stage], layer_stride))
     trunk = nn.Sequential(*modules)
-    _replay_draws(name, range(n_stages, 4), [m for m in trunk.modules() if isinstance(m, nn.Conv2d)])
+    _replay_draws(name, range(n_stages, 4), [m for m in trunk.modules() if isinstance(m, nn.Conv2d)], width)
     for module in trunk.modules():  # BatchNorm2d's own defaults already, set as torchvision sets them
         if isinstance(module, nn.BatchNorm2d):
             nn.init.constant_(module.weight, 1)
             nn.init.constant_(module.bias, 0)
-    return trunk, 64 * block.expansion * 2 ** (n_stages - 1)
+    return trunk, width * block.expansion * 2 ** (n_stages - 1)
 
 
 def load_resnet_weights(trunk: nn.Sequential, state_dict: Mapping[str, Tensor]) -> None:

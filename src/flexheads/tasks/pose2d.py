@@ -40,6 +40,7 @@ from flexheads.io import atomic_path, replace_with_symlink, write_json
 from flexheads.metrics import pose2d as metrics
 from flexheads.models.config import encoder_config
 from flexheads.models.pose2d import KeypointPrediction, KeypointTransformer, Pose2DConfig, heatmap_targets
+from flexheads.nn.resnet import TORCHVISION_WIDTH
 from flexheads.tasks.settings.pose2d import SETTINGS, Pose2DData  # noqa: F401  (SETTINGS: a Task member)
 from flexheads.tasks.evaluation import (
     VALIDATION_SAMPLES, attention_record, evenly_spaced, grid_tokens, predict_batches,
@@ -134,7 +135,9 @@ def prepare(data: Pose2DData, raw_dir: Path, out_h5: Path, stats_json: Path) -> 
 
 
 ARCHITECTURES = {  # class name saved in model.pt → its constructor (a saved model never fetches weights)
-    "KeypointTransformer": lambda config: KeypointTransformer(Pose2DConfig.from_dict(config), load_pretrained=False),
+    "KeypointTransformer": lambda config: KeypointTransformer(
+        Pose2DConfig.from_dict({"trunk_width": TORCHVISION_WIDTH, **config}),  # saved before trunk_width existed
+        load_pretrained=False),
 }
 
 
@@ -151,7 +154,8 @@ def build_model(config: RunConfig, h5_path: Path) -> KeypointTransformer:
         crop_size = tuple(int(v) for v in h5.attrs["crop_size"])
     model = KeypointTransformer(Pose2DConfig(
         n_keypoints=len(KEYPOINT_NAMES), input_size=crop_size, backbone=m.backbone, backbone_stride=m.backbone_stride,
-        pretrained=m.pretrained, flip_test=config.train.flip_test, encoder=encoder_config(config),
+        pretrained=m.pretrained, trunk_width=m.trunk_width, flip_test=config.train.flip_test,
+        encoder=encoder_config(config),
     ))
     if config.train.channels_last:
         model.backbone.to(memory_format=torch.channels_last)

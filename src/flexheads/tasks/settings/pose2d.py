@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import model_validator
+
 from flexheads.config import EncoderSettings, NonNegativeInt, PositiveFloat, PositiveInt, Section, TrainSettings
 from flexheads.tasks.base import TaskSettings
 
@@ -13,7 +15,15 @@ class Pose2DModel(EncoderSettings):
     backbone: Literal["resnet18", "resnet34", "resnet50"] = "resnet18"
     pretrained: bool = False  # ImageNet weights (downloaded by torchvision; needs a network)
     backbone_stride: Literal[4, 8, 16] = 8  # 4: the trunk stops after layer1, 8: after layer2, 16: after layer3
+    trunk_width: PositiveInt = 64  # base channels of the trunk (conv1, layer1; ×2 per later stage); 64: torchvision's
     n_layers: PositiveInt = 2
+
+    @model_validator(mode="after")
+    def _pretrained_width(self) -> Pose2DModel:
+        if self.pretrained and self.trunk_width != 64:
+            raise ValueError(f"pretrained: true loads torchvision's ImageNet weights, which exist for trunk_width: 64 "
+                             f"only (got trunk_width: {self.trunk_width}); set trunk_width: 64 or pretrained: false")
+        return self
 
 
 class Pose2DTrain(TrainSettings):
