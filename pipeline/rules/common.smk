@@ -5,6 +5,7 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 
 from flexheads.config import load_params
+from flexheads import warm
 from flexheads.dag import is_folder, read_stages, settle, stage_inputs
 
 if config:
@@ -19,6 +20,7 @@ STAGES = read_stages(Path("."))
 ALL_OUTPUTS = [path for stage in STAGES for path in stage.outs]
 ENV = "../envs/flexheads.yaml"
 RUNS_ON_GPU = ("train", "evaluate")  # stage kinds that use the GPU when there is one
+WARM = []  # the warm server of this run (onstart), stopped when the run ends
 
 
 def stale_markers() -> dict:
@@ -56,8 +58,8 @@ def rule_inputs(stage) -> list:
 
 
 def record_command(stage) -> str:
-    """Record the finished stage in dvc.lock (jobs take turns on DVC's lock)."""
-    return f"dvc --wait-for-lock commit --force --no-relink --quiet {shlex.quote(stage.name)}"
+    """Record the finished stage in dvc.lock (`dvc commit`; jobs take turns on DVC's lock)."""
+    return f"flexheads record {shlex.quote(stage.name)}"
 
 
 REPORTED = {  # the report stage's outputs in `snakemake --report`
@@ -79,5 +81,15 @@ def rule_outputs(stage) -> list:
 
 
 onstart:
-    # Create the MLflow store and experiments once, before parallel trainings open it.
+    # Create the MLflow store and experiments once, before parallel trainings open it; then a warm process that
+    # has imported torch, MLflow and DVC forks the jobs' `flexheads` commands (src/flexheads/warm.py).
     shell("flexheads tracking-init")
+    WARM.append(warm.start())
+
+
+onsuccess:
+    warm.stop(WARM.pop() if WARM else None)
+
+
+onerror:
+    warm.stop(WARM.pop() if WARM else None)

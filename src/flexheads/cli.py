@@ -221,6 +221,15 @@ def tracking_init(params: Path = ParamsOption) -> None:
 
 
 @app.command()
+def record(stage: str = typer.Argument(..., help="DVC's stage name, e.g. train@pose3d-standard-noam-0.")) -> None:
+    """Record a finished stage in dvc.lock (`dvc commit --force` of that stage, waiting for DVC's lock). Each
+    Snakemake job ends with it, so dvc.lock stays the record whichever front door ran the stage."""
+    from flexheads.dag import record_stage
+
+    raise typer.Exit(record_stage(stage))
+
+
+@app.command()
 @user_errors
 def ui(
     params: Path = ParamsOption,

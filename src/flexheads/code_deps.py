@@ -1,7 +1,7 @@
 """The flexheads modules each pipeline stage runs: the code dependencies of ``dvc.yaml``.
 
-A stage's code is every flexheads module its process can load: ``cli.py`` with its top-level imports, the imports
-inside the stage's CLI command, the modules the task registry loads by name (the stage's own task's
+A stage's code is every flexheads module its process can load: the executable (``__main__.py``, ``warm.py``),
+``cli.py`` with its top-level imports, the imports inside the stage's CLI command, the modules the task registry loads by name (the stage's own task's
 ``flexheads.tasks.<task>`` and, to validate params.yaml, every built-in task's ``flexheads.tasks.settings.<task>``),
 and from there every import statement of every module reached, including imports inside functions, so a code path
 the synthetic default does not take (a real-data download) still counts, and every package ``__init__`` on the way.
@@ -46,7 +46,8 @@ def stage_modules(command: str, tasks: tuple[str, ...]) -> set[str]:
     roots = _imports(cli.body, "flexheads.cli", nested=False) | _imports([function], "flexheads.cli")
     roots |= {f"flexheads.tasks.{task}" for task in tasks}
     roots |= {f"flexheads.tasks.settings.{task}" for task in BUILTIN_TASKS}
-    return _closure(roots) | {"flexheads.cli"}  # cli's other commands' imports are not this stage's
+    executable = {"flexheads.__main__", "flexheads.warm"}  # run the command here or in a warm server's child
+    return _closure(roots) | {"flexheads.cli"} | executable  # cli's other commands' imports are not this stage's
 
 
 def stage_files(command: str, tasks: tuple[str, ...]) -> list[Path]:

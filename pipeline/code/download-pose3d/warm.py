@@ -1,0 +1,1 @@
+../../../src/flexheads/warm.py

@@ -1,0 +1,1 @@
+../../../src/flexheads/__main__.py
