@@ -1,8 +1,9 @@
 """The flexheads modules each pipeline stage runs: the code dependencies of ``dvc.yaml``.
 
 A stage's code is every flexheads module its process can load: the executable (``__main__.py``, ``warm.py``),
-``cli.py`` with its top-level imports, the imports inside the stage's CLI command, the modules the task registry loads by name (the stage's own task's
-``flexheads.tasks.<task>`` and, to validate params.yaml, every built-in task's ``flexheads.tasks.settings.<task>``),
+``cli.py`` with its top-level imports, the imports inside the stage's CLI command, the modules the task registry
+loads by name (the stage's own task's ``flexheads.tasks.<task>`` and, to validate params.yaml, every built-in
+task's ``flexheads.tasks.settings.<task>``),
 and from there every import statement of every module reached, including imports inside functions, so a code path
 the synthetic default does not take (a real-data download) still counts, and every package ``__init__`` on the way.
 
