@@ -96,13 +96,6 @@ def stage_inputs(stage: Stage, stages: list[Stage]) -> list[str]:
     return inputs
 
 
-def record_stage(name: str) -> int:
-    """``dvc --wait-for-lock commit --force --no-relink --quiet <name>`` in this process; DVC's exit status."""
-    from dvc.cli import main
-
-    return main(["--wait-for-lock", "commit", "--force", "--no-relink", "--quiet", name])
-
-
 def stale_stages(root: Path) -> set[str]:
     """Names of the stages ``dvc status`` lists (changed dependencies, params, command or outputs; never run)."""
     from dvc.repo import Repo

@@ -50,7 +50,7 @@ PRELOAD = (  # what the pipeline's commands import before their first step (trai
     "dvc.cli.parser", "dvc_data.hashfile", "scmrepo.git", "dulwich.repo", "dulwich.client", "dulwich.ignore",
     "dulwich.worktree", "networkx", "flufl.lock", "zc.lockfile", "ruamel.yaml", "pyparsing", "configobj",
     "platformdirs", "matplotlib", "matplotlib.pyplot",
-    "flexheads.cli", "flexheads.stages", "flexheads.tracking", "flexheads.train", "flexheads.dag",
+    "flexheads.cli", "flexheads.stages", "flexheads.tracking", "flexheads.train",
     "flexheads.tasks.pose3d", "flexheads.tasks.pose2d", "flexheads.tasks.cxr", "flexheads.tasks.evaluation",
     "flexheads.explain",
 )
