@@ -87,9 +87,13 @@ onstart:
     WARM.append(warm.start())
 
 
-onsuccess:
+def stop_warm_server() -> None:
     warm.stop(WARM.pop() if WARM else None)
+
+
+onsuccess:
+    stop_warm_server()
 
 
 onerror:
-    warm.stop(WARM.pop() if WARM else None)
+    stop_warm_server()

@@ -37,6 +37,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -286,7 +287,7 @@ def main() -> None:
 
 # -- helpers -------------------------------------------------------------------------------------------------------
 
-def _interpreter_settings(env: dict[str, str] | os._Environ) -> dict[str, str]:
+def _interpreter_settings(env: Mapping[str, str]) -> dict[str, str]:
     return {name: value for name, value in env.items() if name.startswith("PYTHON")}
 
 
