@@ -221,6 +221,8 @@ class Server:
         for child in self.clients:
             _kill_group(child)
         self.path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # start()'s folder: gone too when the parent died without stop()
+            self.path.parent.rmdir()
         reasons = "".join(f"; {count} cold: {reason}" for reason, count in self.refused.items())
         print(f"flexheads warm server: {self.forked} command(s) forked{reasons}", file=sys.stderr)
 
