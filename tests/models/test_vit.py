@@ -82,20 +82,39 @@ def test_layer_norms_are_the_encoders_only(norm, n_layer_norms):
     assert sum(isinstance(m, nn.LayerNorm) for m in model.modules()) == n_layer_norms
 
 
+# T-Fixup's factors at N = N_LAYERS = 2, d = D_MODEL = 32, computed by hand from the official formulas:
+EMBED_FACTOR = 0.48549177170732344  # (9 N)^-1/4 = 18^-1/4
+EMBED_SCALE = 5.656854249492381  # embed_scale = sqrt(d) = sqrt(32)
+TABLE_STD = 0.1767766952966369  # N(0, d^-1): std 32^-1/2
+
+
 def test_initialisation_of_the_input_embeddings():
-    """Xavier: CLS and positions N(0, 0.02^2), ``embed`` Xavier-uniform over torch's conv fans. T-Fixup: CLS and
-    positions N(0, 1/d), all three then × (9 N)^-1/4."""
+    """Xavier: CLS and positions N(0, 0.02^2), ``embed`` Xavier-uniform over torch's conv fans. T-Fixup: ``embed``
+    the same × sqrt(d) (9 N)^-1/4, CLS N(0, 1/d) × sqrt(d) (9 N)^-1/4 (std (9 N)^-1/4), positions N(0, 1/d)."""
     fans = P * P * (1 + D_MODEL)  # fan_in + fan_out of the conv: C p^2 + d_model p^2
     xavier = VisionTransformer(make_config("post"))
     tfixup = VisionTransformer(make_config("none"))
-    factor = (9 * N_LAYERS) ** -0.25
-    for model, table_std, scale in [(xavier, 0.02, 1.0), (tfixup, D_MODEL**-0.5 * factor, factor)]:
-        assert model.cls_token.weight.std().item() == pytest.approx(table_std, rel=0.3)
-        assert model.positions.weight.std().item() == pytest.approx(table_std, rel=0.15)
+    for model, cls_std, pos_std, scale in [(xavier, 0.02, 0.02, 1.0),
+                                           (tfixup, EMBED_FACTOR, TABLE_STD, EMBED_SCALE * EMBED_FACTOR)]:
+        assert model.cls_token.weight.std().item() == pytest.approx(cls_std, rel=0.3)
+        assert model.positions.weight.std().item() == pytest.approx(pos_std, rel=0.15)
         bound = scale * math.sqrt(6 / fans)
         assert model.embed.weight.abs().max().item() <= bound * (1 + 1e-6)
         assert model.embed.weight.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.1)
         assert not model.embed.bias.any()
+
+
+def test_t_fixup_tokens_enter_the_encoder_at_the_official_scale():
+    """The official model's embedded tokens have per-element std ``(9 N)^-1/4`` (a N(0, 1/d) row × sqrt(d) ×
+    (9 N)^-1/4); the ViT's, for unit-std standardised pixels, must be of that order (here ~1.4×, since
+    Xavier gives ``sqrt(2 C d / (C + d))`` with C = 1), not ~sqrt(d) times smaller."""
+    model = VisionTransformer(make_config("none"))
+    model.set_pixel_stats(0.5, 12**-0.5)  # U(0, 1) pixels standardise to unit std
+    entering = []
+    model.encoder.register_forward_pre_hook(lambda module, args: entering.append(args[0]))
+    model(torch.rand(64, 1, S, S))
+    ratio = entering[0].std().item() / EMBED_FACTOR
+    assert 0.7 < ratio < 2.0, ratio
 
 
 def test_pixel_statistics_standardise_inside_and_travel_with_the_weights():

@@ -73,41 +73,69 @@ def test_xavier_covers_norms_and_embeddings():
         assert table.std().item() == pytest.approx(0.02, rel=0.1)
 
 
+# The official factors (github.com/layer6ai-labs/T-Fixup) for N_e = 3, d = D_MODEL = 64, computed by hand:
+EMBED_FACTOR = 0.4386913376508308  # (9 N_e)^-1/4 = 27^-1/4 (fairseq/models/transformer.py L380)
+EMBED_SCALE = 8.0  # embed_scale = sqrt(d) = sqrt(64) (transformer.py L385, L424)
+# Embedding / learned positions N(0, d^-1): std 64^-1/2 (transformer.py L910, positional_embedding.py L25)
+TABLE_STD = 0.125
+ENC_FACTOR = 0.5090899093865671  # 0.67 N_e^-1/4 = 0.67 * 3^-1/4 (fairseq/modules/transformer_layer.py L42)
+V_FACTOR = 0.7199618543217732  # 0.67 N_e^-1/4 sqrt(2) (transformer_layer.py L44)
+QKV_GAIN = 0.7071067811865476  # 1/sqrt(2) (fairseq/modules/multihead_attention.py L89-91)
+QKV_BIAS_BOUND = 0.125  # nn.Linear's default bias bound 1/sqrt(fan_in) = 1/sqrt(d_model) = 64^-1/2
+
+
 def test_t_fixup_factors():
     model = Model()
     t_fixup_(model, N_E)
-    enc_factor = 0.67 * N_E**-0.25
-    embed_factor = (9 * N_E) ** -0.25
-    qk_gain = 2**-0.5
 
     for layer in model.encoder.layers:
         for fc in (layer.mlp.fc1, layer.mlp.fc2):
-            assert_uniform(fc.weight, xavier_bound(fc) * enc_factor)
+            assert_uniform(fc.weight, xavier_bound(fc) * ENC_FACTOR)
         attn = layer.self_attn
-        assert_uniform(attn.q_proj.weight, xavier_bound(attn.q_proj) * qk_gain)
-        assert_uniform(attn.k_proj.weight, xavier_bound(attn.k_proj) * qk_gain)
-        assert_uniform(attn.v_proj.weight, xavier_bound(attn.v_proj) * qk_gain * enc_factor * math.sqrt(2))
-        assert_uniform(attn.out_proj.weight, xavier_bound(attn.out_proj) * enc_factor)
+        assert_uniform(attn.q_proj.weight, xavier_bound(attn.q_proj) * QKV_GAIN)
+        assert_uniform(attn.k_proj.weight, xavier_bound(attn.k_proj) * QKV_GAIN)
+        assert_uniform(attn.v_proj.weight, xavier_bound(attn.v_proj) * QKV_GAIN * V_FACTOR)
+        assert_uniform(attn.out_proj.weight, xavier_bound(attn.out_proj) * ENC_FACTOR)
+        for zero_bias in (layer.mlp.fc1.bias, layer.mlp.fc2.bias, attn.out_proj.bias):
+            assert (zero_bias == 0).all()
 
-    assert_uniform(model.embed.weight, xavier_bound(model.embed) * embed_factor)
+    # embed: Xavier (gain 1, bias 0), then x sqrt(d) (9 N_e)^-1/4; the head: Xavier alone
+    assert_uniform(model.embed.weight, xavier_bound(model.embed) * EMBED_SCALE * EMBED_FACTOR)
+    assert (model.embed.bias == 0).all()
     assert_uniform(model.head.weight, xavier_bound(model.head))
-    for table in (model.pos.weight, model.queries.weight):
-        assert table.std().item() == pytest.approx(D_MODEL**-0.5 * embed_factor, rel=0.1)
-    for name, p in model.named_parameters():
-        if name.endswith("bias"):
-            assert (p == 0).all(), name
+    assert (model.head.bias == 0).all()
+    # token table: N(0, d^-1) x sqrt(d) (9 N_e)^-1/4, std (9 N_e)^-1/4; learned positions N(0, d^-1), unscaled
+    assert model.queries.weight.std().item() == pytest.approx(EMBED_FACTOR, rel=0.1)
+    assert model.queries.weight.mean().item() == pytest.approx(0, abs=0.1 * EMBED_FACTOR)
+    assert model.pos.weight.std().item() == pytest.approx(TABLE_STD, rel=0.1)
 
 
-def test_t_fixup_encoder_only_uses_n_e_and_conv_embed():
+def test_t_fixup_leaves_qkv_biases_at_the_linear_default():
+    """The official code zeroes ``out_proj.bias`` only: q/k/v biases stay ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``."""
+    model = Model()
+    t_fixup_(model, N_E)
+    attns = [layer.self_attn for layer in model.encoder.layers]
+    biases = torch.cat([proj.bias for a in attns for proj in (a.q_proj, a.k_proj, a.v_proj)])  # 3 * 3 * 96 values
+    assert (biases != 0).all()
+    assert_uniform(biases, QKV_BIAS_BOUND)
+
+
+def test_t_fixup_treats_a_conv_embed_as_a_token_embedding():
     model = nn.Module()
     model.patch = nn.Module()
     model.patch.embed = nn.Conv2d(3, D_MODEL, kernel_size=4, stride=4)
     model.encoder = TransformerEncoder(N_E, D_MODEL, H, D_HEAD, D_FF, norm="none")
     t_fixup_(model, N_E)
-    conv = model.patch.embed
-    fan_in, fan_out = 3 * 16, D_MODEL * 16
-    assert_uniform(conv.weight, math.sqrt(6 / (fan_in + fan_out)) * (9 * N_E) ** -0.25)
-    assert (conv.bias == 0).all()
+    fan_in, fan_out = 3 * 16, D_MODEL * 16  # torch's conv fans: C k^2, d k^2
+    assert_uniform(model.patch.embed.weight, math.sqrt(6 / (fan_in + fan_out)) * EMBED_SCALE * EMBED_FACTOR)
+    assert (model.patch.embed.bias == 0).all()
+
+
+def test_t_fixup_rejects_an_embed_it_cannot_treat():
+    model = Model()
+    model.embed = nn.Sequential(nn.Linear(34, D_MODEL))
+    with pytest.raises(ValueError, match="named 'embed'"):
+        t_fixup_(model, N_E)
 
 
 @pytest.mark.parametrize("norm", ["pre", "post"])

@@ -2,7 +2,9 @@
 
 ``MartinezMLP``: the "simple yet effective" lifting baseline (Martinez et al., ICCV 2017): the flattened
 standardised 2D pose → Linear(1024) → ``n_blocks`` residual blocks of two (Linear, BatchNorm, ReLU, Dropout)
-→ Linear to 17×3.  The weights use Kaiming init as in the original code.
+→ Linear to the 16 non-root joints × 3 (the original's 48 outputs: it never predicts the root); the root,
+joint 0 of the root-relative pose, is inserted as exactly (0, 0, 0) (``Standardiser.inverse_with_root``).
+The weights use Kaiming init as in the original code.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ class MartinezMLP(nn.Module):
             nn.Dropout(config.dropout),
         )
         self.blocks = nn.Sequential(*(ResidualBlock(config.hidden, config.dropout) for _ in range(config.n_blocks)))
-        self.head = nn.Linear(config.hidden, config.n_joints * 3)
+        self.head = nn.Linear(config.hidden, (config.n_joints - 1) * 3)  # every joint but the root
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.kaiming_normal_(module.weight)
@@ -57,5 +59,5 @@ class MartinezMLP(nn.Module):
     def forward(self, keypoints_2d: Tensor, need_weights: bool = False) -> tuple[Tensor, None]:
         """``(B, W, J, 2)`` screen-normalised 2D → ``(B, J, 3)`` root-relative 3D (metres); no attention maps."""
         x = self.input_norm(keypoints_2d).flatten(1)  # (B, W*J*2)
-        y = self.head(self.blocks(self.embed(x))).view(-1, self.config.n_joints, 3)
-        return self.output_norm.inverse(y), None
+        y = self.head(self.blocks(self.embed(x))).view(-1, self.config.n_joints - 1, 3)
+        return self.output_norm.inverse_with_root(y), None

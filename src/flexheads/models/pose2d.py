@@ -129,6 +129,12 @@ def resnet_trunk(name: str, pretrained: bool, stride: int,
 class KeypointTransformer(nn.Module):
     """Crop → 17 keypoints; see the module docstring.
 
+    Initialisation (:func:`flexheads.nn.init_weights`) of the transformer part; the trunk keeps torchvision's or
+    ImageNet's under both schemes. ``init='tfixup'`` applies :func:`flexheads.nn.t_fixup_`: the 1×1 ``embed``
+    Xavier-uniform (bias 0) × ``sqrt(d_model) (9 N)^-1/4`` (T-Fixup's token-embedding treatment, transferred to
+    this continuous projection); the sinusoidal positions are fixed, untouched by either scheme.
+    ``init='xavier'``: :func:`flexheads.nn.xavier_`.
+
     Args:
         load_pretrained: fetch ImageNet weights when ``config.pretrained`` (False when a checkpoint supplies
             every weight anyway).
@@ -140,7 +146,7 @@ class KeypointTransformer(nn.Module):
         self.backbone, channels = resnet_trunk(config.backbone, config.pretrained and load_pretrained,
                                                config.backbone_stride, config.trunk_width)
         d = config.encoder.d_model
-        self.embed = nn.Conv2d(channels, d, kernel_size=1)  # named `embed`: T-Fixup scales it
+        self.embed = nn.Conv2d(channels, d, kernel_size=1)  # named `embed`: T-Fixup's token embedding
         self.register_buffer("positions", sinusoidal_encoding_2d(*config.grid, d), persistent=False)
         self.register_buffer("cell_centres", cell_centres(*config.grid), persistent=False)
         self.encoder = TransformerEncoder.from_config(config.encoder)

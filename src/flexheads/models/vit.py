@@ -48,15 +48,17 @@ class ViTConfig(ModelConfig):
 class VisionTransformer(nn.Module):
     """Radiograph → finding logits; see the module docstring.
 
-    Initialisation (:func:`flexheads.nn.init_weights`): ``init='tfixup'`` applies :func:`flexheads.nn.t_fixup_` to
-    the whole model (CLS token and position table ``N(0, 1/d_model)``, ``embed`` Xavier; all three then ×
-    ``(9 N)^-1/4``). ``init='xavier'`` applies :func:`flexheads.nn.xavier_` (CLS token and positions
-    ``N(0, 0.02^2)`` as in ViT, ``embed`` the Xavier-uniform start T-Fixup scales), so the two regimes differ only
-    by T-Fixup's factors. Xavier on the
-    convolution uses torch's conv fans (``fan_in = C p^2``, ``fan_out = d_model p^2``): a standardised patch
-    maps to tokens of std ``≈ sqrt(2 C / (d_model + C))``, about 0.12 at ``C = 1``, ``d_model = 128``,
-    close to T-Fixup's embedding scale ``d_model^-1/2`` rather than the unit scale of a Linear's fans.
-    The CLS token is an ``nn.Embedding(1, d_model)`` so that both schemes treat it as the input embedding it is.
+    Initialisation (:func:`flexheads.nn.init_weights`): ``init='tfixup'`` applies :func:`flexheads.nn.t_fixup_`,
+    which treats ``embed`` and the CLS token as the official code treats its token embedding: ``embed``
+    Xavier-uniform (bias 0), the CLS token ``N(0, 1/d_model)``, both × ``sqrt(d_model)`` (the official
+    ``embed_scale``, folded into the weights) × ``(9 N)^-1/4``; the position table ``N(0, 1/d_model)`` unscaled,
+    as the official learned positions. Over torch's conv fans (``fan_in = C p^2``, ``fan_out = d_model p^2``) a
+    standardised patch then gives tokens of std ``≈ sqrt(2 C d_model / (C + d_model)) (9 N)^-1/4``, about
+    ``1.4 (9 N)^-1/4`` at ``C = 1``: the order of the official model's embedded tokens, of std ``(9 N)^-1/4``
+    (its table's ``d_model^-1/2`` is undone by ``embed_scale``, not a token scale).
+    ``init='xavier'`` applies :func:`flexheads.nn.xavier_` (CLS token and positions ``N(0, 0.02^2)`` as in ViT,
+    ``embed`` the same Xavier-uniform start). The CLS token is an ``nn.Embedding(1, d_model)`` so that both
+    schemes treat it as the input embedding it is.
     """
 
     def __init__(self, config: ViTConfig) -> None:
@@ -64,7 +66,7 @@ class VisionTransformer(nn.Module):
         self.config = config
         c, p, d = config.in_channels, config.patch_size, config.encoder.d_model
         rows, cols = config.grid
-        self.embed = nn.Conv2d(c, d, kernel_size=p, stride=p)  # named `embed`: T-Fixup scales it
+        self.embed = nn.Conv2d(c, d, kernel_size=p, stride=p)  # named `embed`: T-Fixup's token embedding
         self.cls_token = nn.Embedding(1, d)
         self.positions = LearnedPositionalEncoding(1 + rows * cols, d)
         self.encoder = TransformerEncoder.from_config(config.encoder)

@@ -62,22 +62,40 @@ def xavier_(model: nn.Module) -> None:
 @torch.no_grad()
 def t_fixup_(model: nn.Module, n_encoder_layers: int) -> None:
     """T-Fixup (Huang et al. 2020, "Improving Transformer Optimization Through Better Initialization", ICML),
-    in place, as the official code applies it. For LayerNorm-free models (``norm='none'``), trained without warmup.
+    in place, as the official code (github.com/layer6ai-labs/T-Fixup, commit b17e166) initialises its encoder.
+    For LayerNorm-free models (``norm='none'``), trained without warmup.  Draws from torch's global RNG, module
+    by module in ``model.modules()`` order, so a seed gives the same weights every call.
 
-    With ``N_e = n_encoder_layers`` (flexheads models are encoder-only):
+    With ``N_e = n_encoder_layers`` and ``d`` a module's embedding width (output features / channels):
 
-    1. every ``nn.Linear``: Xavier-uniform, gain 1, bias 0 (fans as in the module docstring);
-       ``q_proj``, ``k_proj``, ``v_proj`` of every :class:`MultiHeadAttention`: Xavier-uniform, gain ``1/sqrt(2)``;
-    2. ``nn.Embedding`` and ``LearnedPositionalEncoding.weight``: ``N(0, d^-1)``, i.e. std ``d^-1/2``
-       with ``d`` the embedding width;
-    3. each of the ``N_e`` :class:`EncoderLayer` s: ``mlp.fc1``, ``mlp.fc2``, ``self_attn.out_proj`` weights
-       × ``0.67 * N_e^-1/4``; ``self_attn.v_proj`` weight × ``0.67 * N_e^-1/4 * sqrt(2)``;
-    4. input embeddings × ``(9 N_e)^-1/4``.
+    1. input embeddings, i.e. every ``nn.Embedding`` (token tables, e.g. a CLS token) and every module named
+       ``embed`` (an ``nn.Linear`` / ``nn.Conv2d`` projecting continuous inputs to ``d_model``):
+       started as the official code starts token tables (``fairseq/models/transformer.py`` L908-912
+       ``Embedding``: ``N(0, d^-1)``), an ``embed`` projection as its ``Linear`` (L915-920: Xavier-uniform,
+       gain 1, bias 0), then weight × ``sqrt(d) * (9 N_e)^-1/4``.  ``(9 N_e)^-1/4`` is the T-Fixup factor of
+       the encoder's token embedding (L378-381); ``sqrt(d)`` is the official ``embed_scale`` (L385), which
+       multiplies the embedded tokens in ``forward_embedding`` (L424).  We fold it into the weight so that
+       every model's ``forward`` stays the same under every scheme; at init this is exactly equivalent (a
+       constant times a linear map's output), though not in training (under Adam the official unfolded
+       factor makes the embedding's effective steps ``sqrt(d)`` times larger);
+    2. ``LearnedPositionalEncoding`` tables: ``N(0, d^-1)``, *not* scaled (``fairseq/modules/
+       positional_embedding.py`` L24-25: the learned positions are drawn so and T-Fixup never touches them);
+    3. ``q_proj``, ``k_proj``, ``v_proj`` of every :class:`MultiHeadAttention`: weight Xavier-uniform with gain
+       ``1/sqrt(2)`` (``fairseq/modules/multihead_attention.py`` L85-91), bias left at ``nn.Linear``'s
+       default ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` (the official ``reset_parameters`` zeroes only
+       ``out_proj.bias``, L97-99), redrawn here so the result does not depend on earlier draws;
+    4. every other ``nn.Linear`` (``out_proj`` L97-99, ``fc1``/``fc2`` and heads as ``Linear``
+       L915-920): Xavier-uniform, gain 1, bias 0 (fans as in the module docstring);
+    5. each of the ``N_e`` :class:`EncoderLayer` s (``fairseq/modules/transformer_layer.py`` L31-49
+       ``fixup_initialization``): ``mlp.fc1``, ``mlp.fc2``, ``self_attn.out_proj`` weights
+       × ``0.67 * N_e^-1/4``; ``self_attn.v_proj`` weight × ``0.67 * N_e^-1/4 * sqrt(2)``.
 
-    Naming convention: the *input embeddings* are all ``nn.Embedding`` / ``LearnedPositionalEncoding`` tables
-    plus any module registered under the attribute name ``embed`` anywhere in the model (an ``nn.Linear``
-    or ``nn.Conv2d`` projecting inputs to ``d_model``, e.g. joint or patch embedding); an ``embed`` projection
-    is Xavier-uniform (gain 1) with zero bias before the scaling.
+    Where this extrapolates the official recipe: the ``0.67 * N^-1/4`` encoder factor was derived for
+    encoder–decoder models and is applied here to encoder-only models (flexheads has no decoder), with
+    ``N = N_e``; and the continuous-input ``embed`` projections have no official counterpart (the official code
+    embeds discrete tokens only), so the token-embedding treatment (start, ``sqrt(d)``, ``(9 N_e)^-1/4``) is
+    transferred to them.  Head width ``inner = n_heads * d_head != d_model`` (flexible heads) keeps the same
+    gains; Xavier's fans follow the actual shapes.
 
     Raises:
         ValueError: if the model contains an ``nn.LayerNorm``, if the number of ``EncoderLayer`` modules differs
@@ -92,42 +110,58 @@ def t_fixup_(model: nn.Module, n_encoder_layers: int) -> None:
                          f"{len(encoder_layers)} EncoderLayer modules")
     if n_encoder_layers <= 0:
         raise ValueError("t_fixup_ needs at least one EncoderLayer")
+    inputs = _input_embeddings(model)
+    qkv = {proj for m in model.modules() if isinstance(m, MultiHeadAttention)
+           for proj in (m.q_proj, m.k_proj, m.v_proj)}
 
     for module in model.modules():
-        if isinstance(module, nn.Linear):
-            _xavier_linear(module)
-        elif isinstance(module, (nn.Embedding, LearnedPositionalEncoding)):
+        if module in inputs:
+            _start_input_embedding(module, (9 * n_encoder_layers) ** -0.25)
+        elif isinstance(module, LearnedPositionalEncoding):
             nn.init.normal_(module.weight, std=module.weight.shape[1] ** -0.5)
-    for module in model.modules():
-        if isinstance(module, MultiHeadAttention):
-            for proj in (module.q_proj, module.k_proj, module.v_proj):
-                _xavier_linear(proj, gain=2**-0.5)
-
+        elif module in qkv:
+            _xavier_linear(module, gain=2**-0.5, default_bias=True)
+        elif isinstance(module, nn.Linear):
+            _xavier_linear(module)
     for layer in encoder_layers:
         _scale_residual_branches(layer, 0.67 * n_encoder_layers**-0.25)
-    for module in _input_embeddings(model):
-        if isinstance(module, nn.Conv2d):
-            _xavier_linear(module)
-        module.weight.mul_((9 * n_encoder_layers) ** -0.25)
 
 
-def _xavier_linear(module: nn.Linear | nn.Conv2d, gain: float = 1.0) -> None:
+def _xavier_linear(module: nn.Linear | nn.Conv2d, gain: float = 1.0, default_bias: bool = False) -> None:
+    """Xavier-uniform weight; bias 0, or (``default_bias``) ``nn.Linear``'s default ``U(-1/sqrt(fan_in),
+    1/sqrt(fan_in))``."""
     nn.init.xavier_uniform_(module.weight, gain=gain)
-    if module.bias is not None:
+    if module.bias is None:
+        return
+    if default_bias:
+        bound = module.weight[0].numel() ** -0.5  # 1/sqrt(fan_in), as nn.Linear.reset_parameters
+        nn.init.uniform_(module.bias, -bound, bound)
+    else:
         nn.init.zeros_(module.bias)
 
 
+def _start_input_embedding(module: nn.Embedding | nn.Linear | nn.Conv2d, t_fixup_factor: float) -> None:
+    """A table ``N(0, d^-1)`` or a projection Xavier-uniform (bias 0), then weight × ``sqrt(d) * t_fixup_factor``."""
+    if isinstance(module, nn.Embedding):
+        d = module.embedding_dim
+        nn.init.normal_(module.weight, std=d**-0.5)
+    else:
+        d = module.weight.shape[0]  # out_features / out_channels
+        _xavier_linear(module)
+    module.weight.mul_(math.sqrt(d) * t_fixup_factor)
+
+
 def _scale_residual_branches(layer: EncoderLayer, factor: float) -> None:
-    """MLP and ``W_O`` weights × factor, ``W_V`` × factor·√2 (undoing the 1/√2 Xavier gain of step 1)."""
+    """MLP and ``W_O`` weights × factor, ``W_V`` × factor·√2 (undoing the 1/√2 Xavier gain of step 3)."""
     layer.mlp.fc1.weight.mul_(factor)
     layer.mlp.fc2.weight.mul_(factor)
     layer.self_attn.out_proj.weight.mul_(factor)
     layer.self_attn.v_proj.weight.mul_(factor * math.sqrt(2))
 
 
-def _input_embeddings(model: nn.Module) -> list[nn.Module]:
-    """Embedding tables, learned positional tables and modules named ``embed`` (each once)."""
-    found = []
+def _input_embeddings(model: nn.Module) -> set[nn.Module]:
+    """Every ``nn.Embedding`` and every module named ``embed`` (which must be a table or a projection)."""
+    found = set()
     for name, module in model.named_modules():
         if name.rsplit(".", 1)[-1] == EMBED_NAME:
             if not isinstance(module, (nn.Linear, nn.Conv2d, nn.Embedding)):
@@ -135,7 +169,7 @@ def _input_embeddings(model: nn.Module) -> list[nn.Module]:
                     f"module {name!r} ({type(module).__name__}) is named {EMBED_NAME!r} but t_fixup_ only "
                     "scales nn.Linear, nn.Conv2d or nn.Embedding input embeddings"
                 )
-            found.append(module)
-        elif isinstance(module, (nn.Embedding, LearnedPositionalEncoding)):
-            found.append(module)
+            found.add(module)
+        elif isinstance(module, nn.Embedding):
+            found.add(module)
     return found

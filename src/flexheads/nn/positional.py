@@ -36,7 +36,7 @@ class LearnedPositionalEncoding(nn.Module):
 
     The table starts ``trunc_normal_(std=0.02)`` (timm's ViT), so a bare module is usable; every flexheads model
     then redraws it with its init scheme (:func:`flexheads.nn.init_weights`: ``N(0, 0.02^2)`` under Xavier,
-    ``N(0, 1/d_model)`` scaled under T-Fixup).
+    ``N(0, 1/d_model)``, unscaled, under T-Fixup, as the official code leaves learned positions).
     """
 
     def __init__(self, max_len: int, d_model: int) -> None:
