@@ -15,7 +15,8 @@ import pytest
 from typer.testing import CliRunner
 
 import flexheads.bench.run
-from flexheads.bench.models import attention_flops, equal_flops_heads
+from flexheads.bench.models import equal_flops_heads
+from flexheads.nn import attention_flops
 from flexheads.bench.run import Rounds, default_plan, run_bench
 from flexheads.bench.timing import interleaved, round_order
 from flexheads.cli import app

@@ -10,6 +10,7 @@ from typing import Any, Callable
 import pytest
 import yaml
 from pydantic import BaseModel, ValidationError
+from pydantic_core import to_jsonable_python
 
 from flexheads.config import (Baseline, Experiment, Params, ParamsError, Regime, Run, RunConfig, Tracking, load_params,
                               params_hash)
@@ -128,12 +129,20 @@ MALFORMED = {
     "unknown nested key": (_set("model.pose3d.d_modle", 64), ["model.pose3d.d_modle: unknown key"]),
     "wrong type": (_set("train.pose3d.steps", "many"), ["train.pose3d.steps:", "valid integer", "(got 'many')"]),
     "zero head width": (
-        _set("model.pose3d.d_head_flexible", 0),
-        ["model.pose3d.d_head_flexible:", "greater than 0", "(got 0)"],
+        _set("model.pose3d.heads.flexible.d_head", 0),
+        ["model.pose3d.heads.flexible.d_head:", "greater than 0", "(got 0)"],
     ),
     "n_heads does not divide d_model": (
-        _set("model.pose3d", {"d_model": 60, "n_heads": 7}),
-        ["model.pose3d:", "n_heads (7)", "d_model (60)"],
+        _set("model.pose3d.heads.standard.n_heads", 7),
+        ["model.pose3d:", "heads.standard", "n_heads (7)", "d_model (64)"],
+    ),
+    "head configuration not defined": (
+        _set("experiment.attention", ["standard", "wide"]),
+        ["experiment.attention", "['wide']", "model.pose3d.heads"],
+    ),
+    "head configuration name": (
+        _set("model.pose3d.heads", {"std-8": {"n_heads": 8}}),
+        ["model.pose3d.heads.std-8", "letters, digits and '_' only"],
     ),
     "unknown regime in matrix": (
         _add_regime_to_matrix,
@@ -167,7 +176,7 @@ MALFORMED = {
     "float for int": (_set("threads", 2.5), ["threads:", "valid integer", "(got 2.5)"]),
     "bool for float": (_set("regimes.radam.lr", True), ["regimes.radam.lr:", "valid number", "(got True)"]),
     "inf": (_set("regimes.radam.lr", float("inf")), ["regimes.radam.lr:", "finite number", "(got inf)"]),
-    "nan": (_set("train.pose3d.grad_clip", float("nan")), ["train.pose3d.grad_clip:", "finite number", "(got nan)"]),
+    "nan": (_set("regimes.noam.grad_clip", float("nan")), ["regimes.noam.grad_clip:", "finite number", "(got nan)"]),
     "nan probability": (_set("model.pose3d.dropout", float("nan")), ["model.pose3d.dropout:", "finite number"]),
     # run-name components: <task>-<attention>-<regime>-<seed> names files, folders and Snakemake rules
     "regime named a/b": (_set("regimes.a/b", raw_params()["regimes"]["radam"]),
@@ -250,10 +259,32 @@ def params() -> Params:
     return load_params(PARAMS_YAML)
 
 
-def test_d_head_standard_is_none_flexible_is_configured(params: Params) -> None:
-    d_head_flexible = raw_params()["model"]["pose3d"]["d_head_flexible"]
-    assert params.run_config(Run("pose3d", "standard", "noam")).d_head is None
-    assert params.run_config(Run("pose3d", "flexible", "noam")).d_head == d_head_flexible
+def test_head_shape_of_each_configuration(params: Params) -> None:
+    heads, d_model = raw_params()["model"]["pose3d"]["heads"], raw_params()["model"]["pose3d"]["d_model"]
+    standard = heads["standard"]["n_heads"]
+    assert params.run_config(Run("pose3d", "standard", "noam")).head_shape == (standard, d_model // standard)
+    for name in ("flexible", "flexible_matched"):
+        shape = (heads[name]["n_heads"], heads[name]["d_head"])
+        assert params.run_config(Run("pose3d", name, "noam")).head_shape == shape
+
+
+def test_flexible_matched_has_standard_inner_width_and_parameters() -> None:
+    from flexheads.models.config import encoder_config
+    from flexheads.nn import TransformerEncoder
+
+    params = load_params(PARAMS_YAML)
+    for task in params.experiment.tasks:
+        counts = {}
+        for attention in ("standard", "flexible_matched", "flexible"):
+            config = params.run_config(Run(task, attention, "noam"))
+            n_heads, d_head = config.head_shape
+            counts[attention] = sum(p.numel() for p in TransformerEncoder.from_config(encoder_config(config))
+                                    .parameters())
+            if attention != "flexible":
+                assert n_heads * d_head == config.model.d_model
+        assert counts["flexible_matched"] == counts["standard"] < counts["flexible"]
+        assert params.run_config(Run(task, "flexible_matched", "noam")).head_shape[1] == \
+            params.run_config(Run(task, "flexible", "noam")).head_shape[1]
 
 
 def test_run_config_picks_the_regime_and_task_sections(params: Params) -> None:
@@ -299,9 +330,12 @@ def test_flat_has_dotted_keys(params: Params) -> None:
     assert flat["regime.warmup"] == raw["regimes"]["noam"]["warmup"]
     assert flat["regime.betas"] == raw["regimes"]["noam"]["betas"]
     assert flat["train.steps"] == raw["train"]["pose3d"]["steps"]
+    assert flat["model.heads.flexible.d_head"] == raw["model"]["pose3d"]["heads"]["flexible"]["d_head"]
     assert not any(isinstance(v, dict) for v in flat.values())
-    # every leaf of to_dict() appears exactly once under its dotted path
-    n_leaves = 4 + sum(len(config.to_dict()[section]) for section in ("regime", "model", "train"))
+    # every leaf of to_dict() appears exactly once under its dotted path (a head configuration has 2 leaves)
+    model = config.to_dict()["model"]
+    n_leaves = (4 + sum(len(config.to_dict()[section]) for section in ("regime", "train"))
+                + len(model) - 1 + 2 * len(model["heads"]))
     assert len(flat) == n_leaves
 
 
@@ -349,12 +383,11 @@ def test_params_yaml_states_every_value_and_agrees_with_the_schema_defaults() ->
     for path, schema, stated in sections:
         missing = set(schema.model_fields) - set(stated)
         assert not missing, f"params.yaml does not state {path}.{sorted(missing)}"
-        defaults = {name: field.default for name, field in schema.model_fields.items() if not field.is_required()}
+        defaults = {name: field.get_default(call_default_factory=True)
+                    for name, field in schema.model_fields.items() if not field.is_required()}
         for name, default in defaults.items():
-            if isinstance(default, BaseModel):
-                default = default.model_dump(mode="json")
             value = schema.model_validate(stated).model_dump(mode="json")[name]
-            assert value == (list(default) if isinstance(default, tuple) else default), f"{path}.{name}"
+            assert value == to_jsonable_python(default), f"{path}.{name}"
 
 
 @pytest.mark.parametrize("kind", ["model", "train", "data"])

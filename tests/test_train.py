@@ -570,11 +570,11 @@ def test_lr_per_step_follows_the_schedule(tmp_path: Path, regime: str, expected:
     assert all(row["lr"] == schedule(row["step"]) for row in result.history)
 
 
-def max_first_step_change(tmp_path: Path, **train_settings: Any) -> tuple[float, TrainResult]:
+def max_first_step_change(tmp_path: Path, grad_clip: float) -> tuple[float, TrainResult]:
     """The largest |change| of any weight after one Adam step of the preln regime (lr at step 1: 2e-3)."""
     seed_everything(0)
     start = weights(tiny_model())
-    model, result = train(make_config(steps=1, **train_settings), tmp_path)
+    model, result = train(make_config(steps=1, regime_updates={"grad_clip": grad_clip}), tmp_path)
     change = max((weights(model)[k] - start[k]).abs().max().item() for k in start)
     return change, result
 
@@ -597,8 +597,8 @@ def test_grad_clip_bounds_the_update(tmp_path: Path) -> None:
 
 
 def test_grad_clip_zero_disables_clipping(tmp_path: Path) -> None:
-    model_off, off = train(make_config(grad_clip=0.0), tmp_path / "off")
-    model_huge, huge = train(make_config(grad_clip=1e9), tmp_path / "huge")
+    model_off, off = train(make_config(regime_updates={"grad_clip": 0.0}), tmp_path / "off")
+    model_huge, huge = train(make_config(regime_updates={"grad_clip": 1e9}), tmp_path / "huge")
     assert off.history == huge.history
     assert_same_weights(model_off, model_huge)
 

@@ -31,7 +31,7 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, SerializeAsA
 from flexheads.errors import ParamsError
 from flexheads.tasks import BUILTIN_TASKS, registered_tasks, require_task, task_settings
 
-ATTENTIONS = ("standard", "flexible")
+ATTENTIONS = ("standard", "flexible_matched", "flexible")  # the default head configurations (model.<task>.heads)
 BASELINES = ("martinez_mlp",)
 TASK_SECTIONS = ("model", "train", "data")  # top-level sections with one sub-section per task
 
@@ -84,6 +84,7 @@ class Regime(Section):
     warmup: NonNegativeInt  # steps; tau of linear/exponential warmup, or Noam's warmup
     betas: tuple[Probability, Probability]
     weight_decay: NonNegativeFloat
+    grad_clip: NonNegativeFloat  # max global gradient norm; 0: no clipping (the papers' recipes clip nothing)
 
     @model_validator(mode="after")
     def _consistent(self) -> Regime:
@@ -94,13 +95,28 @@ class Regime(Section):
         return self
 
 
+class Heads(Section):
+    """One head configuration: ``n_heads`` heads of ``d_head`` (None: ``d_model / n_heads``, the standard width)."""
+
+    n_heads: PositiveInt
+    d_head: PositiveInt | None = None
+
+
+def default_heads(d_model: int, n_heads: int, d_head_flexible: int) -> dict[str, Heads]:
+    """``standard`` (n_heads of d_model / n_heads), ``flexible`` (n_heads of d_head_flexible) and
+    ``flexible_matched`` (d_model / d_head_flexible heads of d_head_flexible: standard's inner width d_model, hence
+    its parameters and attention FLOPs, with the flexible heads' width)."""
+    return {"standard": Heads(n_heads=n_heads), "flexible_matched": Heads(n_heads=d_model // d_head_flexible,
+                                                                          d_head=d_head_flexible),
+            "flexible": Heads(n_heads=n_heads, d_head=d_head_flexible)}
+
+
 class EncoderSettings(Section):
-    """The transformer of one task (``model.<task>``; a task's settings add its own keys);
-    ``d_head_flexible`` is the head width of the *flexible* variant."""
+    """The transformer of one task (``model.<task>``; a task's settings add its own keys).  ``heads`` names the
+    head configurations the matrix's ``experiment.attention`` picks from."""
 
     d_model: PositiveInt = 64
-    n_heads: PositiveInt = 8
-    d_head_flexible: PositiveInt = 32  # standard heads are d_model // n_heads wide
+    heads: dict[RunNamePart, Heads] = Field(default_factory=lambda: default_heads(64, 8, 32))
     n_layers: PositiveInt = 3
     d_ff: PositiveInt = 128
     dropout: Probability = 0.0
@@ -108,16 +124,18 @@ class EncoderSettings(Section):
 
     @model_validator(mode="after")
     def _standard_heads_fit(self) -> EncoderSettings:
-        if self.d_model % self.n_heads:
-            raise ValueError(
-                f"n_heads ({self.n_heads}) must divide d_model ({self.d_model}) for standard heads "
-                f"(d_head = d_model / n_heads)"
-            )
+        for name, heads in self.heads.items():
+            if heads.d_head is None and self.d_model % heads.n_heads:
+                raise ValueError(
+                    f"heads.{name}: n_heads ({heads.n_heads}) must divide d_model ({self.d_model}) when d_head is "
+                    f"not given (d_head = d_model / n_heads)"
+                )
         return self
 
-    def d_head(self, attention: str) -> int | None:
-        """Head width passed to ``MultiHeadAttention``: None (standard) or ``d_head_flexible``."""
-        return self.d_head_flexible if attention == "flexible" else None
+    def head_shape(self, attention: str) -> tuple[int, int]:
+        """``(n_heads, d_head)`` of head configuration ``attention`` (a key of ``heads``)."""
+        heads = self.heads[attention]
+        return heads.n_heads, heads.d_head or self.d_model // heads.n_heads
 
 
 class TrainSettings(Section):
@@ -125,7 +143,6 @@ class TrainSettings(Section):
 
     steps: PositiveInt = 600
     batch_size: PositiveInt = 64
-    grad_clip: NonNegativeFloat = 1.0  # max global grad norm; 0 disables clipping
     checkpoint_every: PositiveInt = 200
     log_every: PositiveInt = 25  # metrics are buffered and sent to MLflow in one batch per interval
     grad_snapshot_steps: tuple[PositiveInt, ...] = (1, 2, 5, 10, 20, 50, 100)  # gradient histograms, fig. 3.16
@@ -144,7 +161,7 @@ class Experiment(Section):
     """The matrix: one train/evaluate run per task × attention × regime × seed."""
 
     tasks: tuple[TaskName, ...] = BUILTIN_TASKS
-    attention: tuple[Literal[ATTENTIONS], ...] = ATTENTIONS  # type: ignore[valid-type]
+    attention: tuple[RunNamePart, ...] = ATTENTIONS  # head configurations: keys of every task's model.<task>.heads
     regimes: tuple[RunNamePart, ...] = ("noam", "linear_untuned", "exponential_untuned", "radam", "tfixup", "preln")
     seeds: tuple[NonNegativeInt, ...] = (0,)  # model init and batch order; the report gives mean ± std over seeds
 
@@ -239,6 +256,18 @@ class Params(Section):
         return self
 
     @model_validator(mode="after")
+    def _attention_is_defined(self) -> Params:
+        if "none" in self.experiment.attention:
+            raise ValueError("experiment.attention: 'none' is reserved for the baselines' runs")
+        for task in self.experiment.tasks:
+            defined = getattr(self.model, task).heads
+            unknown = [a for a in self.experiment.attention if a not in defined]
+            if unknown:
+                raise ValueError(f"experiment.attention: {unknown} not defined under model.{task}.heads "
+                                 f"(defined: {sorted(defined)})")
+        return self
+
+    @model_validator(mode="after")
     def _task_constraints(self) -> Params:
         for task in self.experiment.tasks:
             check = task_settings(task).check
@@ -294,7 +323,7 @@ class Run:
     """One cell of the experiment matrix."""
 
     task: str
-    attention: str  # standard | flexible ("none" for a baseline)
+    attention: str  # a head configuration of model.<task>.heads ("none" for a baseline)
     regime: str
     seed: int = 0
     baseline: str | None = None  # a baseline model name instead of the task's transformer
@@ -318,8 +347,9 @@ class RunConfig:
     baseline: Baseline | None = None
 
     @property
-    def d_head(self) -> int | None:
-        return self.model.d_head(self.run.attention)
+    def head_shape(self) -> tuple[int, int]:
+        """``(n_heads, d_head)`` of the run's head configuration."""
+        return self.model.head_shape(self.run.attention)
 
     def to_dict(self) -> dict[str, Any]:
         return {

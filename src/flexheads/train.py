@@ -160,7 +160,7 @@ def fit(
     checkpoint = out_dir / CHECKPOINT
     state = _resume_state(checkpoint, model, optimizer, device, fingerprint or {"run_config": config.hash()})
     parameters = [p for p in model.parameters() if p.requires_grad]
-    clip = settings.grad_clip if settings.grad_clip > 0 else math.inf
+    clip = regime.grad_clip if regime.grad_clip > 0 else math.inf
     autocast = device.type == "cuda" if autocast is None else autocast
     sync_every = sync_every or (1 if device.type == "cpu" else settings.log_every)
     if settings.compile:

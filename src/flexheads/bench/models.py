@@ -8,14 +8,13 @@ radiographs, for pose2d a TransPose-R-A4-like model (Yang et al. 2021: ResNet-50
 
 Variants, all built by the task's own ``build_model`` from a :class:`~flexheads.config.RunConfig`:
 
-* ``standard``: ``n_heads`` heads of ``d_model / n_heads``;
-* ``flexible``: ``n_heads`` heads of ``d_head_flexible``;
+* ``standard`` and ``flexible``: the head configurations of those names in ``model.<task>.heads``;
 * ``flexible_equal_flops``: flexible heads with the standard heads' inner width, half as many heads twice as wide
   (``n_heads / 2`` × ``2 d_model / n_heads``; twice as many half as wide when ``n_heads`` is odd).  Per layer and
   forward pass, with ``N`` tokens, width ``d`` and inner width ``I = heads × d_head``, the q/k/v/out projections
   cost ``4 × 2 N d I`` FLOPs and ``Q K^T`` and ``A V`` ``2 × 2 N² I``: both depend on ``I`` alone, so equal ``I``
-  is equal attention FLOPs (:func:`attention_flops`), and the ratio to ``standard`` measures how well the kernels
-  run that head shape.
+  is equal attention FLOPs (:func:`flexheads.nn.attention_flops`), and the ratio to ``standard`` measures how well
+  the kernels run that head shape.
 
 The timm twin (:func:`timm_twin`) is ``timm.models.vision_transformer.VisionTransformer`` with the ViT's patch,
 image size, channels, classes, depth, width, heads and MLP ratio; timm's ViT is Pre-LN, so the comparison is
@@ -32,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from flexheads.config import Params, Run, RunConfig
+from flexheads.config import Heads, Params, Run, RunConfig
 from flexheads.models.lifter import LifterConfig
 from flexheads.models.vit import VisionTransformer, ViTConfig
 from flexheads.nn import ACTIVATIONS
@@ -63,9 +62,12 @@ def thesis_size(thesis: Params, task: str) -> Size:
     if "pretrained" in model:
         model["pretrained"] = False
     data = {key: getattr(thesis.task_data(task), key) for key in [INPUT_SIZE_KEYS.get(task)] if key}
-    described = ", ".join(f"{key} {value}" for key, value in {**model, **data}.items()
-                          if key in ("window", "backbone", "patch_size", "d_model", "n_heads", "d_head_flexible",
-                                     "n_layers", *INPUT_SIZE_KEYS.values()))
+    heads = {name: model["heads"][name] for name in ("standard", "flexible")}
+    shapes = {"heads": ", ".join(f"{name} {h['n_heads']}×{h['d_head'] or model['d_model'] // h['n_heads']}"
+                                 for name, h in heads.items())}
+    described = ", ".join(f"{key} {value}" for key, value in {**model, **shapes, **data}.items()
+                          if key in ("window", "backbone", "patch_size", "d_model", "heads", "n_layers",
+                                     *INPUT_SIZE_KEYS.values()))
     return Size(f"params/thesis.yaml: {described}", "thesis", model=model, data=data)
 
 
@@ -87,22 +89,17 @@ def variants(params: Params, task: str, regime: str, size: Size, batch_size: int
     """The run configs of ``standard``, ``flexible`` and (where :func:`equal_flops_heads` finds heads)
     ``flexible_equal_flops`` of ``task`` at ``size``, trained with ``regime`` at ``batch_size``."""
     base = params.run_config(Run(task, "standard", regime))
-    model = base.model.model_copy(update=dict(size.model))
+    model = type(base.model).model_validate({**base.model.model_dump(), **size.model})
     train = base.train.model_copy(update={"batch_size": batch_size})
     flexible = Run(task, "flexible", regime)
     configs = {"standard": dataclasses.replace(base, model=model, train=train),
                "flexible": dataclasses.replace(base, run=flexible, model=model, train=train)}
-    heads = equal_flops_heads(model.d_model, model.n_heads)
+    heads = equal_flops_heads(model.d_model, model.head_shape("standard")[0])
     if heads is not None:
-        equal = model.model_copy(update={"n_heads": heads[0], "d_head_flexible": heads[1]})
+        equal = model.model_copy(update={"heads": {**model.heads, "flexible": Heads(n_heads=heads[0],
+                                                                                     d_head=heads[1])}})
         configs["flexible_equal_flops"] = dataclasses.replace(base, run=flexible, model=equal, train=train)
     return configs
-
-
-def heads_of(config: RunConfig) -> tuple[int, int]:
-    """``(n_heads, d_head)`` of the attention ``config`` builds."""
-    m = config.model
-    return m.n_heads, config.d_head or m.d_model // m.n_heads
 
 
 def tokens(model: nn.Module) -> int:
@@ -112,11 +109,6 @@ def tokens(model: nn.Module) -> int:
         return config.n_joints
     rows, cols = config.grid
     return rows * cols + isinstance(config, ViTConfig)
-
-
-def attention_flops(n_tokens: int, d_model: int, inner: int) -> int:
-    """Forward FLOPs of one attention layer for one sample: ``8 N d I + 4 N² I`` (module docstring)."""
-    return 8 * n_tokens * d_model * inner + 4 * n_tokens**2 * inner
 
 
 def parameter_count(model: nn.Module) -> int:

@@ -36,13 +36,13 @@ from flexheads.bench.data import (
 )
 from flexheads.bench.markdown import markdown
 from flexheads.bench.models import (
-    Size, attention_flops, heads_of, parameter_count, size_of, timm_twin, timm_vit_class, tokens,
-    training_step, variants,
+    Size, parameter_count, size_of, timm_twin, timm_vit_class, tokens, training_step, variants,
 )
 from flexheads.bench.timing import Timing, interleaved
 from flexheads.config import Params
 from flexheads.errors import UserError
 from flexheads.io import write_json, write_text
+from flexheads.nn import attention_flops
 from flexheads.tasks import BUILTIN_TASKS, get_task
 from flexheads.train import pick_device, to_device
 
@@ -170,7 +170,7 @@ def measure_group(params: Params, task: str, size: Size, size_name: str, h5: Pat
     sync = _sync_of(device)
     torch.manual_seed(0)
     models = {name: hooks.build_model(config, h5).to(device) for name, config in configs.items()}
-    heads = {name: heads_of(config) for name, config in configs.items()}
+    heads = {name: config.head_shape for name, config in configs.items()}
     steps = {name: training_step(model, loss_fn, configs[name], device) for name, model in models.items()}
     skipped: dict[str, str] = {}
     if "flexible_equal_flops" not in configs:

@@ -28,9 +28,10 @@ class ModelConfig:
 
 
 def encoder_config(config: RunConfig) -> EncoderConfig:
-    """The run's transformer encoder: the task's sizes (``model.<task>``), the attention variant's head width, the
-    regime's LayerNorm placement and init scheme."""
+    """The run's transformer encoder: the task's sizes (``model.<task>``), the run's head configuration
+    (``model.<task>.heads.<attention>``), the regime's LayerNorm placement and init scheme."""
     m = config.model
-    return EncoderConfig(d_model=m.d_model, n_heads=m.n_heads, d_head=config.d_head, n_layers=m.n_layers,
+    n_heads, d_head = config.head_shape
+    return EncoderConfig(d_model=m.d_model, n_heads=n_heads, d_head=d_head, n_layers=m.n_layers,
                          d_ff=m.d_ff, dropout=m.dropout, activation=m.activation, norm=config.regime.norm,
                          init=config.regime.init)

@@ -15,7 +15,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["MultiHeadAttention", "merge_masks", "use_fused_attn"]
+__all__ = ["MultiHeadAttention", "attention_flops", "merge_masks", "use_fused_attn"]
+
+
+def attention_flops(n_tokens: int, d_model: int, inner: int) -> int:
+    """Forward FLOPs of one self-attention layer for one sample of ``N = n_tokens`` tokens, width ``d = d_model``
+    and inner width ``I = n_heads * d_head``: ``8 N d I + 4 N² I`` (the q/k/v/out projections ``4 × 2 N d I``,
+    ``Q K^T`` and ``A V`` ``2 × 2 N² I``; a multiply-add counts 2).  It depends on the heads through ``I`` alone."""
+    return 8 * n_tokens * d_model * inner + 4 * n_tokens**2 * inner
 
 
 def use_fused_attn() -> bool:

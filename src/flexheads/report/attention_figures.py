@@ -49,7 +49,7 @@ def _read(params: Params, task: str, metrics_dir: Path) -> tuple[str, list[Run],
 
 def _head_width(params: Params, task: str, attention: str) -> int:
     model = getattr(params.model, task)
-    return model.d_head(attention) or model.d_model // model.n_heads
+    return model.head_shape(attention)[1]
 
 
 def _is_points(image: np.ndarray, grid: np.ndarray) -> bool:

@@ -109,7 +109,7 @@ def write_index(params: Params, params_path: Path, out_dir: Path) -> Path:
         "</head>",
         "<body>",
         "<header>",
-        "<h1>flexheads report: standard vs flexible attention heads</h1>",
+        "<h1>flexheads report: attention head configurations × training regimes</h1>",
         '<dl class="meta">' + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in meta) + "</dl>",
         _contents(sections),
         "</header>",

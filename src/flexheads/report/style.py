@@ -3,7 +3,7 @@
 ``figure_style()`` applies the theme through ``matplotlib.rc_context``, so nothing leaks into the caller's
 matplotlib state; build *and* save a figure inside it (tick labels take their size when they are drawn).
 Runs are coloured by regime (in ``params.experiment.regimes`` order, the same in every figure), drawn solid
-for standard and dashed for flexible attention, and baselines in grey.
+for standard, dotted for flexible_matched and dashed for flexible attention, and baselines in grey.
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ _RC = {
     "axes.titleweight": "normal",
 }
 
-ATTENTION_LINESTYLES = {"standard": "-", "flexible": "--", "none": "-"}
+ATTENTION_LINESTYLES = {"standard": "-", "flexible_matched": ":", "flexible": "--", "none": "-"}
+OTHER_ATTENTION_LINESTYLE = "-."  # a head configuration of another name
 BASELINE_COLOUR = "0.45"
 SMALL_FONT = 7  # dense labels only (joint names on a 17-token axis, heat map annotations)
 
@@ -63,7 +64,7 @@ def run_colour(params: Params, run: Run) -> tuple[float, float, float] | str:
 
 
 def run_linestyle(run: Run) -> str:
-    return ATTENTION_LINESTYLES.get(run.attention, "-")
+    return ATTENTION_LINESTYLES.get(run.attention, OTHER_ATTENTION_LINESTYLE)
 
 
 def run_label(run: Run, runs: Sequence[Run]) -> str:
@@ -83,7 +84,8 @@ def run_legend_handles(params: Params, runs: Sequence[Run]) -> list[Line2D]:
     regimes = list(dict.fromkeys(r.regime for r in runs if not r.baseline))
     attentions = list(dict.fromkeys(r.attention for r in runs if not r.baseline))
     handles = [Line2D([], [], color=colours[r], lw=2.5, label=r) for r in regimes]
-    handles += [Line2D([], [], color="0.2", lw=1.5, ls=ATTENTION_LINESTYLES[a], label=f"{a} attention")
+    handles += [Line2D([], [], color="0.2", lw=1.5, ls=ATTENTION_LINESTYLES.get(a, OTHER_ATTENTION_LINESTYLE),
+                        label=f"{a} attention")
                 for a in attentions]
     handles += [Line2D([], [], color=BASELINE_COLOUR, lw=2, label=f"{r.baseline} (baseline)")
                 for r in runs if r.baseline]
