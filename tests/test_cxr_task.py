@@ -16,10 +16,12 @@ import yaml
 
 from flexheads.config import Params
 from flexheads.data.cxr import LABELS
+from flexheads.errors import DataError
 from flexheads.localisation import lesion_pairs
 from flexheads.metrics import classification
 from flexheads.stages import evaluate_run, load_model, train_run
 from flexheads.tasks import cxr
+from conftest import tiny_heads
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,7 +32,7 @@ def cxr_params(steps: int, regimes: list[str], n_patients: int = 40) -> Params:
     raw["baselines"] = {}
     raw["data"]["cxr"] = {"image_size": 32, "val_fraction": 0.2,
                           "synthetic": {"n_patients": n_patients, "n_covid_images": 12, "image_size": 64}}
-    raw["model"]["cxr"] = {"patch_size": 4, "d_model": 32, "n_heads": 4, "d_head_flexible": 16, "n_layers": 2,
+    raw["model"]["cxr"] = {"patch_size": 4, "d_model": 32, "heads": tiny_heads(4, 16, 2), "n_layers": 2,
                            "d_ff": 64, "dropout": 0.0}
     raw["train"]["cxr"] = {"steps": steps, "batch_size": 32, "checkpoint_every": steps, "log_every": steps,
                            "grad_snapshot_steps": [1], "eval_batch_size": 64}
@@ -121,21 +123,19 @@ def test_batches_are_a_function_of_seed_and_step(tmp_path):
     assert a.shape == (32, 1, 32, 32) and 0.0 <= a.min() and a.max() <= 1.0
 
 
-def test_validation_scores_the_validation_split_or_else_the_test_split(tmp_path, monkeypatch):
+def test_validation_scores_the_validation_split_and_never_the_test_split(tmp_path):
     """Validation is the mean AUROC evaluate reports, on up to VALIDATION_SAMPLES images evenly spaced over the val
-    split (here all of it), or over the test split when the val split is empty."""
+    split (here all of it); an empty val split is a DataError, never a fall-back to the test split."""
     params = cxr_params(steps=4, regimes=["radam"])
     h5_path, _ = prepare(tmp_path, params)
     config = params.run_config(params.run(run_name(params, "standard", "radam")))
     torch.manual_seed(0)
     model, cpu = cxr.build_model(config, h5_path), torch.device("cpu")
 
-    def mean_auroc(path: Path, split: str, n_rows: int | None = None) -> float:
+    def mean_auroc(path: Path, split: str) -> float:
         with h5py.File(path) as h5:
-            n = len(h5[split]["labels"])
-            rows = np.linspace(0, n - 1, n_rows or n).round().astype(int)
-            images, labels = h5[split]["images"][rows], h5[split]["labels"][rows]
-        assert 0 < n < 512 and len(set(rows)) == len(rows)  # every row of a split below VALIDATION_SAMPLES
+            images, labels = h5[split]["images"][:], h5[split]["labels"][:]
+        assert 0 < len(labels) < 512  # every row of a split below VALIDATION_SAMPLES
         scores = cxr.predict(model, images, 64, cpu)
         return classification.classification_metrics(labels, scores, np.full(len(LABELS), 0.5), LABELS)["mean_auroc"]
 
@@ -144,10 +144,8 @@ def test_validation_scores_the_validation_split_or_else_the_test_split(tmp_path,
     with h5py.File(no_val, "a") as h5:
         for dataset in h5["val"].values():
             dataset.resize(0, axis=0)
-    on_test = cxr.validation(no_val, config)(model, cpu)
-    assert np.isfinite(on_test) and on_test == pytest.approx(mean_auroc(no_val, "test"), abs=1e-12)
-    monkeypatch.setattr(cxr, "VALIDATION_SAMPLES", 9)
-    assert cxr.validation(no_val, config)(model, cpu) == pytest.approx(mean_auroc(no_val, "test", 9), abs=1e-12)
+    with pytest.raises(DataError, match=r"no validation rows .*data\.cxr\.val_fraction"):
+        cxr.validation(no_val, config)
 
 
 def test_positive_weights_balance_each_finding():
@@ -164,3 +162,23 @@ def test_lesion_pairs_unpack_the_mask_bits():
     rows, findings, lesions = lesion_pairs(labels, masks)
     assert rows.tolist() == [0, 1, 1] and findings.tolist() == [2, 0, 14]
     assert lesions[0].sum() == 4 and lesions[1][3, 3] and lesions[2].sum() == 1
+
+
+def test_sample_metric_of_every_test_image_is_the_evaluated_mean_auroc(tmp_path):
+    """samples: scores and labels per test image, grouped by patient; its sample_metric is evaluate's MAIN_METRIC."""
+    params = cxr_params(steps=1, regimes=["tfixup"])
+    h5_path, stats_path = prepare(tmp_path, params)
+    torch.manual_seed(0)
+    model = cxr.build_model(params.run_config(params.run(run_name(params, "standard", "tfixup"))), h5_path)
+    headline, tables = cxr.evaluate(model, h5_path, json.loads(stats_path.read_text()), 64, torch.device("cpu"))
+    samples = tables["samples"]
+    with h5py.File(h5_path) as h5:
+        labels, patients = h5["test"]["labels"][:], h5["test"]["patient_id"][:]
+        sources = h5["test"]["source"][:]
+    np.testing.assert_array_equal(samples["labels"], labels)
+    assert samples["scores"].shape == labels.shape and samples["group"].dtype == np.int64
+    patient_of = {}  # one group per (source, patient), and no two patients share one
+    for group, key in zip(samples["group"], zip(sources, patients)):
+        assert patient_of.setdefault(group, key) == key
+    assert len(patient_of) == len(set(zip(sources, patients))) < len(labels)
+    assert cxr.sample_metric(samples) == pytest.approx(headline[cxr.MAIN_METRIC], abs=5e-5)

@@ -106,7 +106,7 @@ def write_run_outputs(root: Path, params: Params, run: Run, rng: np.random.Gener
         tokens = np.array(["CLS"] + [f"p{i}" for i in range(side * side)])
         grid, image = np.array([side, side]), _picture(rng, (image_side, image_side))
     n = len(tokens)
-    weights = _softmax(3 * rng.normal(size=(model.n_layers, model.n_heads, n, n))).astype(np.float32)
+    weights = _softmax(3 * rng.normal(size=(model.n_layers, model.head_shape("standard")[0], n, n))).astype(np.float32)
     np.savez_compressed(metrics / "attention.npz", weights=weights, tokens=tokens, grid=grid, image=image)
 
     if task == "pose3d":
@@ -259,7 +259,8 @@ def test_the_best_run_follows_the_main_metric(tmp_path: Path, task: str, best_sc
     runs = [r for r in params.all_runs() if r.task == task]
     scores = {"pose3d": [50.0, 10.0, 30.0, None, 20.0], "pose2d": [0.5, 0.9, 0.7, None]}[task]
     (tmp_path / "metrics").mkdir()
-    for run, score in zip(runs, scores + [40.0] * len(runs)):
+    worse = {"pose3d": 40.0, "pose2d": 0.1}[task]  # every other run's score
+    for run, score in zip(runs, scores + [worse] * len(runs)):
         (tmp_path / "metrics" / f"{run.name}.json").write_text(json.dumps({"run": run.name, MAIN_METRIC[task]: score}))
     assert best_run(params, task, tmp_path / "metrics", "test") == (runs[1], best_score)
 
@@ -267,19 +268,25 @@ def test_the_best_run_follows_the_main_metric(tmp_path: Path, task: str, best_sc
 def test_attention_shows_preln_when_the_matrix_has_it() -> None:
     assert attention_runs(small_params(regimes=("noam", "preln")), "cxr")[0] == "preln"
     regime, runs = attention_runs(small_params(regimes=("radam", "noam")), "cxr")
-    assert regime == "radam" and [r.attention for r in runs] == ["standard", "flexible"]
+    assert regime == "radam" and [r.attention for r in runs] == ["standard", "flexible_matched", "flexible"]
 
 
-def test_seeds_give_one_histogram_panel_per_regime_and_one_curve_per_run(tmp_path: Path) -> None:
+def test_seeds_give_one_histogram_panel_per_attention_and_regime_and_one_curve_per_run(tmp_path: Path) -> None:
     raw = small_params(tasks=("cxr",)).model_dump(mode="json")
     raw["experiment"]["seeds"] = [0, 1]
     params = Params.model_validate(raw)
     write_outputs(tmp_path, params)
     figure = grad_histograms_figure(params, "cxr", tmp_path / "models")
-    assert [ax.get_title().split("\n")[0] for ax in figure.axes if ax.get_visible()] == list(params.experiment.regimes)
+    attentions, regimes = params.experiment.attention, params.experiment.regimes
+    assert len(attentions) == 3 and len(figure.axes) == len(attentions) * len(regimes)
+    assert [ax.get_title() for ax in figure.axes[: len(regimes)]] == list(regimes)  # row 1: one panel per regime
+    assert [ax.get_ylabel().split("\n")[0] for ax in figure.axes[:: len(regimes)]] == list(attentions)
+    steps = len(params.train.cxr.grad_snapshot_steps)
+    assert all(len(ax.patches) == steps for ax in figure.axes)  # every panel drawn: one curve per snapshot step
+    assert all(ax.texts[0].get_text() == "seed 0" for ax in figure.axes)  # first seeds only, and said so
     plt.close(figure)
     figure = curves_figure(params, "cxr", tmp_path / "models")
-    assert len(figure.axes[0].lines) == len(params.runs()) == 8
+    assert len(figure.axes[0].lines) == len(params.runs()) == len(attentions) * len(regimes) * 2
     plt.close(figure)
 
 

@@ -22,6 +22,7 @@ from flexheads.code_deps import CODE_DIR, SOURCE_ROOT, module_file
 from flexheads.config import load_params
 from flexheads.dag import read_stages, stage_inputs, stale_stages
 from flexheads.report.figures import figure_plan
+from conftest import tiny_heads
 
 REPO = Path(__file__).resolve().parents[1]
 NAMESPACE_PACKAGES = {"flexheads.models"}  # folders without __init__.py: no code runs when they load
@@ -30,16 +31,16 @@ PROJECT_FILES = ["Snakefile", "dvc.yaml", "params.yaml", "pipeline", "src", ".dv
 
 def tiny_params(raw: dict) -> None:
     """Every task at a size that trains in seconds."""
-    raw["experiment"]["regimes"] = ["noam", "tfixup"]
+    raw["experiment"].update(attention=["standard", "flexible_matched"], regimes=["noam", "tfixup"])
     raw["data"]["pose3d"]["synthetic"]["frames_per_sequence"] = 30
-    raw["model"]["pose3d"].update(d_model=16, n_heads=2, d_head_flexible=16, n_layers=1, d_ff=32)
+    raw["model"]["pose3d"].update(d_model=16, heads=tiny_heads(2, 16, 1), n_layers=1, d_ff=32)
     raw["train"]["pose3d"].update(steps=20, batch_size=32, checkpoint_every=10, log_every=5)
     raw["data"]["pose2d"]["synthetic"].update(n_train_images=6, n_val_images=4, image_size=[160, 120])
-    raw["model"]["pose2d"].update(d_model=16, n_heads=2, d_head_flexible=16, n_layers=1, d_ff=32)
+    raw["model"]["pose2d"].update(d_model=16, heads=tiny_heads(2, 16, 1), n_layers=1, d_ff=32)
     raw["train"]["pose2d"].update(steps=4, batch_size=8, checkpoint_every=2, log_every=2, eval_batch_size=16)
     raw["data"]["cxr"].update(image_size=32)
     raw["data"]["cxr"]["synthetic"].update(n_patients=30, n_covid_images=8, image_size=64)
-    raw["model"]["cxr"].update(d_model=16, n_heads=2, d_head_flexible=16, n_layers=1, d_ff=32)
+    raw["model"]["cxr"].update(d_model=16, heads=tiny_heads(2, 16, 1), n_layers=1, d_ff=32)
     raw["train"]["cxr"].update(steps=4, batch_size=16, checkpoint_every=2, log_every=2, eval_batch_size=64)
 
 

@@ -23,6 +23,7 @@ from flexheads.models.pose2d import KeypointTransformer, Pose2DConfig, heatmap_t
 from flexheads.nn import EncoderConfig
 from flexheads.stages import evaluate_run, load_model, train_run
 from flexheads.tasks import pose2d
+from conftest import tiny_heads
 
 REPO = Path(__file__).resolve().parents[1]
 CROP = (64, 48)  # H, W
@@ -32,10 +33,10 @@ def tiny_params() -> Params:
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["experiment"].update(tasks=["pose2d"], regimes=["preln", "tfixup"])
     raw["baselines"] = {}
-    raw["data"]["pose2d"] = {"source": "synthetic", "crop_size": list(CROP),
+    raw["data"]["pose2d"] = {"source": "synthetic", "crop_size": list(CROP), "val_fraction": 0.4,  # 4 val images
                              "synthetic": {"n_train_images": 12, "n_val_images": 6, "image_size": [160, 120]}}
-    raw["model"]["pose2d"] = {"backbone": "resnet18", "backbone_stride": 8, "d_model": 32, "n_heads": 4,
-                              "d_head_flexible": 16, "n_layers": 1, "d_ff": 64, "dropout": 0.0}
+    raw["model"]["pose2d"] = {"backbone": "resnet18", "backbone_stride": 8, "d_model": 32,
+                              "heads": tiny_heads(4, 16, 2), "n_layers": 1, "d_ff": 64, "dropout": 0.0}
     raw["train"]["pose2d"] = {"steps": 4, "batch_size": 8, "checkpoint_every": 2, "log_every": 2,
                               "grad_snapshot_steps": [1, 2], "eval_batch_size": 16}
     raw["tracking"]["enabled"] = False
@@ -59,11 +60,13 @@ def prepared(tmp_path_factory) -> tuple[Params, Path, Path, Path]:
 def test_prepare_writes_crops_and_labels_per_person(prepared):
     _, raw, h5_path, stats_path = prepared
     stats = json.loads(stats_path.read_text())
+    annotations = {split: json.loads((raw / "annotations" / f"person_keypoints_{split}.json").read_text())
+                   for split in pose2d.COCO_SPLITS}
+    rows = {}
     with h5py.File(h5_path) as h5:
-        for split, coco_split in pose2d.SPLITS.items():
+        for split in pose2d.SPLITS:
             g = h5[split]
-            annotations = raw / "annotations" / f"person_keypoints_{coco_split}.json"
-            n = len(json.loads(annotations.read_text())["annotations"])
+            n = rows[split] = len(g["image_id"])
             shapes = {"images": (n, *CROP, 3), "keypoints": (n, 17, 2), "visible": (n, 17),
                       "keypoints_image": (n, 17, 3), "affine": (n, 2, 3), "image_id": (n,), "bbox": (n, 4),
                       "area": (n,)}  # fmt: skip
@@ -71,10 +74,12 @@ def test_prepare_writes_crops_and_labels_per_person(prepared):
             assert g["images"].dtype == np.uint8 and g["visible"].dtype == bool
             assert g["images"][:].std() > 10  # crops of people, not black
             np.testing.assert_array_equal(g["visible"][:], g["keypoints_image"][..., 2] > 0)
-            assert stats["splits"][split]["rows"] == n
+            assert stats["splits"][split]["rows"] == n > 0
             assert set(stats["splits"][split]["labelled_fraction"]) == set(KEYPOINT_NAMES)
-        gt = json.loads(h5["val"]["coco_gt_json"][:].tobytes())
-    assert gt == json.loads((raw / "annotations" / "person_keypoints_val2017.json").read_text())
+        gt = json.loads(h5["test"]["coco_gt_json"][:].tobytes())
+    assert rows["train"] + rows["val"] == len(annotations["train2017"]["annotations"])  # every person, once
+    assert rows["test"] == len(annotations["val2017"]["annotations"])
+    assert gt == annotations["val2017"]
 
 
 def test_crop_keypoints_map_back_to_image_pixels(prepared):
@@ -193,8 +198,8 @@ def test_train_and_evaluate_write_metrics(prepared, tmp_path):
     history = pd.read_csv(tmp_path / run / "history.csv")
     assert history.dropna(subset=["val_AP"])["step"].tolist() == [4]  # eval_every 100 > steps: the last step only
 
-    with h5py.File(h5_path) as h5:
-        val = {name: h5["val"][name][:] for name in ("images", "keypoints", "visible")}
+    with h5py.File(h5_path) as h5:  # evaluate's examples and attention come from the test group
+        val = {name: h5["test"][name][:] for name in ("images", "keypoints", "visible")}
     with np.load(tmp_path / "metrics" / run / "attention.npz") as attention:
         assert set(attention.files) == {"weights", "tokens", "grid", "image"}
         weights = attention["weights"]
@@ -226,16 +231,21 @@ def test_train_and_evaluate_write_metrics(prepared, tmp_path):
         assert {tuple(limb) for limb in skeleton + 1} == set(SKELETON)
 
 
-def test_validation_scores_whole_images_with_evaluates_ap(prepared, monkeypatch):
-    """Validation is evaluate's AP on the first whole val images: on the tiny val split (under VALIDATION_SAMPLES
-    crops) exactly evaluate's AP; on fewer crops, perfect predictions of those images' people still score 1 (the
-    ground truth is cut to the same images)."""
+def test_validation_scores_whole_images_with_evaluates_ap(prepared, monkeypatch, tmp_path):
+    """Validation is evaluate's AP on the first whole images of the val split: on the tiny val split (under
+    VALIDATION_SAMPLES crops) exactly the AP evaluate reports for a file whose test group is that val split; on
+    fewer crops, perfect predictions of those images' people still score 1 (the ground truth is cut to the same
+    images)."""
     params, _, h5_path, stats_path = prepared
     config = params.run_config(params.run(run_name(params, "standard", "preln")))
     torch.manual_seed(0)
     model = pose2d.build_model(config, h5_path)
     cpu, stats = torch.device("cpu"), json.loads(stats_path.read_text())
-    headline, _ = pose2d.evaluate(model, h5_path, stats, 16, cpu)
+    val_as_test = shutil.copy(h5_path, tmp_path / "val_as_test.h5")
+    with h5py.File(val_as_test, "a") as h5:
+        del h5["test"]
+        h5.move("val", "test")
+    headline, _ = pose2d.evaluate(model, val_as_test, stats, 16, cpu)
     assert pose2d.validation(h5_path, config)(model, cpu) == headline[pose2d.MAIN_METRIC]
 
     with h5py.File(h5_path) as h5:
@@ -247,7 +257,7 @@ def test_validation_scores_whole_images_with_evaluates_ap(prepared, monkeypatch)
         return keypoints[: len(images)] / [CROP[1], CROP[0]], np.ones((len(images), 17))
 
     monkeypatch.setattr(pose2d, "predict", perfect)
-    assert pose2d.evaluate(model, h5_path, stats, 16, cpu)[0]["AP"] == pytest.approx(1.0)
+    assert pose2d.evaluate(model, val_as_test, stats, 16, cpu)[0]["AP"] == pytest.approx(1.0)
     monkeypatch.setattr(pose2d, "VALIDATION_SAMPLES", first_image)
     assert pose2d.validation(h5_path, config)(model, cpu) == pytest.approx(1.0)
 
@@ -257,11 +267,13 @@ def test_first_images_keeps_images_whole():
     assert [pose2d._first_images(ids, n) for n in range(1, 8)] == [2, 2, 3, 3, 3, 6, 6]
 
 
-def test_ground_truth_through_the_crop_chain_scores_ap_one(prepared, tmp_path):
-    """Crop-pixel labels → stored affine → COCO results file → COCOeval against the stored gt json: AP = 1."""
+@pytest.mark.parametrize("split", ["val", "test"])
+def test_ground_truth_through_the_crop_chain_scores_ap_one(prepared, tmp_path, split):
+    """Crop-pixel labels → stored affine → COCO results file → COCOeval against the stored gt json: AP = 1 (the
+    val group's json: train2017's cut to its images)."""
     _, _, h5_path, _ = prepared
     with h5py.File(h5_path) as h5:
-        g = h5["val"]
+        g = h5[split]
         image_pixels = crops.apply_affine(g["affine"][:].astype(np.float64), g["keypoints"][:].astype(np.float64))
         (tmp_path / "gt.json").write_bytes(g["coco_gt_json"][:].tobytes())
         write_coco_results(tmp_path / "results.json", g["image_id"][:], image_pixels, np.ones(len(image_pixels)))
@@ -283,7 +295,7 @@ def test_coco_source_links_the_synthetic_layout(prepared, tmp_path, monkeypatch)
     """source: coco links the unpacked archives (faked here: no network in tests) into the layout prepare reads."""
     params, raw, _, _ = prepared
     coco_dir = tmp_path / "coco"
-    for split in pose2d.SPLITS.values():  # the layout of the unpacked official archives
+    for split in pose2d.COCO_SPLITS:  # the layout of the unpacked official archives
         shutil.copytree(raw / "images" / split, coco_dir / split)
     shutil.copytree(raw / "annotations", coco_dir / "annotations")
     fetched = []
@@ -292,4 +304,26 @@ def test_coco_source_links_the_synthetic_layout(prepared, tmp_path, monkeypatch)
     files = pose2d.download(data, tmp_path / "raw")
     assert fetched == [pose2d.COCO_ARCHIVES] and all(path.is_symlink() for path in files.values())
     stats = pose2d.prepare(data, tmp_path / "raw", tmp_path / "coco.h5", tmp_path / "coco.json")
-    assert stats["splits"]["val"]["rows"] == len(json.loads(files["val_annotations"].read_text())["annotations"])
+    assert stats["splits"]["test"]["rows"] == len(json.loads(files["val_annotations"].read_text())["annotations"])
+
+
+def test_sample_metric_of_every_person_is_cocoevals_ap(prepared, monkeypatch):
+    """samples: OKS and score per evaluated person, grouped by image; on predictions that miss some people at some
+    thresholds its sample_metric is pycocotools' AP."""
+    params, _, h5_path, stats_path = prepared
+    with h5py.File(h5_path) as h5:
+        keypoints, image_ids = h5["test"]["keypoints"][:], h5["test"]["image_id"][:]  # what evaluate scores
+    rng = np.random.default_rng(0)
+    noisy = keypoints + rng.normal(0, 1.0, keypoints.shape) * rng.uniform(0, 4, (len(keypoints), 1, 1))
+
+    def predicted(model, images, batch_size, device, flip_test):  # labels off by 0–4 px, random confidences
+        return noisy[: len(images)] / [CROP[1], CROP[0]], rng.uniform(0.2, 1.0, (len(images), 17))
+
+    monkeypatch.setattr(pose2d, "predict", predicted)
+    config = params.run_config(params.run(run_name(params, "standard", "preln")))
+    model = pose2d.build_model(config, h5_path)
+    headline, tables = pose2d.evaluate(model, h5_path, json.loads(stats_path.read_text()), 16, torch.device("cpu"))
+    samples = tables["samples"]
+    np.testing.assert_array_equal(samples["group"], image_ids)
+    assert 0.2 < headline["AP"] < 0.95  # some people are matched at some thresholds only
+    assert pose2d.sample_metric(samples) == pytest.approx(headline["AP"], abs=1e-12)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import h5py
@@ -19,6 +20,7 @@ from flexheads.data import h36m
 from flexheads.stages import evaluate_run, load_model, train_run
 from flexheads.tracking import git_commit
 from flexheads.tasks import pose3d
+from conftest import tiny_heads
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,7 +29,7 @@ def tiny_params(**train_overrides) -> Params:
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["experiment"]["regimes"] = ["preln", "tfixup"]
     raw["data"]["pose3d"]["synthetic"].update(frames_per_sequence=40)
-    raw["model"]["pose3d"].update(d_model=32, n_heads=4, d_head_flexible=16, n_layers=2, d_ff=64)
+    raw["model"]["pose3d"].update(d_model=32, heads=tiny_heads(4, 16, 2), n_layers=2, d_ff=64)
     raw["baselines"]["martinez_mlp"]["hidden"] = 128
     raw["train"]["pose3d"].update({"steps": 60, "batch_size": 64, "checkpoint_every": 30, "log_every": 10,
                                    **train_overrides})
@@ -57,16 +59,20 @@ def test_prepare_writes_normalised_root_relative_splits(prepared):
     params, h5_path, stats_path = prepared
     stats = json.loads(stats_path.read_text())
     with h5py.File(h5_path) as h5:
-        for split, subjects in pose3d.SPLITS.items():
+        sequences = {}  # split → (subject, action): one sequence per action in the synthetic data
+        for split in pose3d.SPLITS:
             g = h5[split]
-            n = len(subjects) * len(h36m.ACTIONS) * 4 * 40  # subjects × actions × cameras × frames
+            sequences[split] = set(zip(g["subject"][:].astype(str), g["action"][:].astype(str)))
+            n = len(sequences[split]) * 4 * 40  # sequences × cameras × frames
             assert g["keypoints_2d"].shape == (n, 17, 2) and g["pose_3d"].shape == (n, 17, 3)
-            assert stats["splits"][split]["rows"] == n
-            assert set(g["subject"][:].astype(str)) == set(subjects)
-            assert set(g["action"][:].astype(str)) == set(h36m.ACTIONS)
+            assert stats["splits"][split]["rows"] == n > 0
             np.testing.assert_array_equal(g["pose_3d"][:, 0], 0.0)  # root-relative
             assert np.abs(g["keypoints_2d"][:]).max() < 1.5  # normalised screen coordinates
-            assert len(np.unique(g["chunk"][:])) == len(subjects) * len(h36m.ACTIONS) * 4
+            assert len(np.unique(g["chunk"][:])) == len(sequences[split]) * 4
+    assert {subject for subject, _ in sequences["test"]} == set(h36m.TEST_SUBJECTS)
+    assert len(sequences["test"]) == len(h36m.TEST_SUBJECTS) * len(h36m.ACTIONS)
+    assert not sequences["train"] & sequences["val"]  # val: whole training sequences held out
+    assert sequences["train"] | sequences["val"] == {(s, a) for s in h36m.TRAIN_SUBJECTS for a in h36m.ACTIONS}
 
 
 def test_windows_repeat_edge_frames_within_a_chunk():
@@ -173,8 +179,8 @@ def test_validation_curve_reaches_history_and_mlflow_without_changing_training(p
 
 
 def test_mlflow_run_records_the_heads_built_the_model_file_and_its_source(prepared, tmp_path, monkeypatch):
-    """heads.d_head is the real width (d_model // n_heads standard, d_head_flexible flexible; the config's
-    model.d_head_flexible alone would say 16 for both), the MLP logs no heads; model.pt is an artifact, the run
+    """heads.d_head is the real width built (d_model // n_heads for standard heads, which state no d_head), the
+    MLP logs no heads; model.pt is an artifact, the run
     has MLflow's source tags and its experiment a description."""
     pytest.importorskip("mlflow")
     from mlflow.tracking import MlflowClient
@@ -209,13 +215,18 @@ def test_mlflow_run_records_the_heads_built_the_model_file_and_its_source(prepar
     assert experiment.tags["mlflow.note.content"].startswith("3D human pose lifting")
 
 
-def test_validation_on_the_whole_test_split_is_the_evaluated_mpjpe(prepared, tmp_path, monkeypatch):
-    """The validation metric is evaluate's MAIN_METRIC, computed by the same code: on every test frame the two agree."""
+def test_validation_on_the_whole_val_split_is_evaluates_mpjpe_there(prepared, tmp_path, monkeypatch):
+    """The validation metric is evaluate's MAIN_METRIC, computed by the same code on the val split: on every val
+    frame it equals what evaluate reports for a file whose test group is that val split."""
     params, h5_path, stats_path = prepared
     run = params.run(run_name(params, "flexible", "preln"))
     config = params.run_config(run)
     model = pose3d.build_model(config, h5_path)
-    headline, _ = pose3d.evaluate(model, h5_path, json.loads(stats_path.read_text()),
+    val_as_test = shutil.copy(h5_path, tmp_path / "val_as_test.h5")
+    with h5py.File(val_as_test, "a") as h5:
+        del h5["test"]
+        h5.move("val", "test")
+    headline, _ = pose3d.evaluate(model, val_as_test, json.loads(stats_path.read_text()),
                                   config.train.eval_batch_size, torch.device("cpu"))
     assert pose3d.validation(h5_path, config)(model, torch.device("cpu")) != headline[pose3d.MAIN_METRIC]  # subset
     monkeypatch.setattr(pose3d, "VALIDATION_SAMPLES", headline["test_frames"])
@@ -257,7 +268,7 @@ def test_cli_reports_missing_licensed_h36m_without_traceback(tmp_path):
 
 def test_cli_reports_bad_params_without_traceback(tmp_path):
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    raw["model"]["pose3d"]["n_heads"] = 7
+    raw["model"]["pose3d"]["heads"]["standard"]["n_heads"] = 7
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     result = CliRunner().invoke(app, ["runs", "--params", str(tmp_path / "params.yaml")])
     assert result.exit_code == 2
@@ -272,3 +283,22 @@ def test_every_subcommand_has_help():
         assert command in top.output
         result = runner.invoke(app, [command, "--help"])
         assert result.exit_code == 0 and "Usage" in result.output
+
+
+def test_sample_metric_of_every_test_frame_is_the_evaluated_mpjpe(prepared):
+    """samples: one row per test frame, grouped by chunk; its sample_metric is evaluate's MAIN_METRIC, and a
+    resample that repeats one action's frames leaves the mean over actions unweighted."""
+    params, h5_path, stats_path = prepared
+    config = params.run_config(params.run(run_name(params, "standard", "preln")))
+    torch.manual_seed(0)
+    headline, tables = pose3d.evaluate(pose3d.build_model(config, h5_path), h5_path,
+                                       json.loads(stats_path.read_text()), 512, torch.device("cpu"))
+    samples = tables["samples"]
+    test = pose3d.Split.load(h5_path, "test")
+    assert samples["group"].dtype == samples["action"].dtype == np.int64
+    np.testing.assert_array_equal(samples["group"], test.chunk)
+    assert len(samples["mpjpe"]) == headline["test_frames"]
+    assert pose3d.sample_metric(samples) == pytest.approx(headline[pose3d.MAIN_METRIC], abs=5e-5)
+    doubled = np.concatenate([np.arange(len(test.chunk)), np.flatnonzero(samples["action"] == 0)])
+    assert pose3d.sample_metric({k: v[doubled] for k, v in samples.items()}) == pytest.approx(
+        headline[pose3d.MAIN_METRIC])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -14,6 +15,8 @@ from typer.testing import CliRunner
 from flexheads.cli import app
 from flexheads.data.cxr import LABELS
 from flexheads.report import OUTPUTS, building
+
+from conftest import auroc_samples
 
 REPO = Path(__file__).resolve().parents[1]
 RUNS = ["cxr-standard-noam-0", "cxr-standard-radam-0"]
@@ -123,6 +126,7 @@ def write_run(root: Path, run: str, auroc: float) -> None:
     (root / "metrics" / run).mkdir(parents=True, exist_ok=True)
     (root / "metrics" / f"{run}.json").write_text(json.dumps(metrics))
     pd.DataFrame({"finding": LABELS, "auroc": auroc}).to_csv(root / "metrics" / run / "per_class.csv", index=False)
+    np.savez(root / "metrics" / run / "samples.npz", **auroc_samples(auroc))
     (root / "models" / run).mkdir(parents=True, exist_ok=True)
     (root / "models" / run / "train.json").write_text(json.dumps(
         {"n_params": 1000, "wall_time_s": 12.5, "cpu_time_s": 10.25, "steps_per_s": 48.0, "final_loss": 0.3,

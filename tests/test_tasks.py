@@ -27,6 +27,7 @@ from flexheads.report.tables import write_tables
 from flexheads.stages import evaluate_run, train_run
 from flexheads.tasks import BUILTIN_TASKS, TaskSettings, check_task, get_task, register, registered_tasks, unregister
 from flexheads.tasks.evaluation import attention_record
+from conftest import tiny_heads
 
 PARAMS_YAML = Path(__file__).resolve().parents[1] / "params.yaml"
 
@@ -52,6 +53,7 @@ def test_check_task_names_what_is_missing():
     problems = check_task(Half())
     assert "TITLE is a int, not a str" in problems and "missing constant SETTINGS" in problems
     assert "missing hook evaluate(model, h5_path, stats, batch_size, device)" in problems
+    assert "missing hook sample_metric(samples)" in problems and "missing constant SAMPLE_GROUP" in problems
     assert any(p.startswith("hook prepare takes ['data']") for p in problems)
     with pytest.raises(ValueError, match="does not satisfy"):
         register(Half())
@@ -100,6 +102,7 @@ class ToyTask:
     ARCHITECTURES = {"ToyModel": lambda config: ToyModel(ToyConfig.from_dict(config))}
     MAIN_METRIC = "mse"
     MAIN_METRIC_UNIT = ""
+    SAMPLE_GROUP = "samples"
     LOSS_LABEL = "training loss: MSE"
     REPORT_CAPTION = "toy: mean squared error of the sum of the tokens."
     REPORT_COLUMNS = [("mse", "MSE", "min")]
@@ -157,7 +160,11 @@ class ToyTask:
                                  "mse": [squared[~positive].mean(), squared[positive].mean()]})
         attention = attention_record(model, x[:1], device, tokens=[f"t{i}" for i in range(N_TOKENS)], grid=(0, 0),
                                      image=x[0].numpy())
-        return {"mse": float(squared.mean())}, {"per_sign": per_sign, "attention": attention}
+        samples = {"squared_error": squared, "group": np.arange(len(squared))}
+        return {"mse": self.sample_metric(samples)}, {"per_sign": per_sign, "attention": attention, "samples": samples}
+
+    def sample_metric(self, samples):
+        return float(samples["squared_error"].mean())
 
 
 @pytest.fixture
@@ -170,7 +177,7 @@ def toy_registered():
 def toy_params(tmp_path: Path) -> Path:
     raw = yaml.safe_load(PARAMS_YAML.read_text())
     raw["experiment"].update(tasks=["toy"], regimes=["radam", "tfixup"])
-    raw["model"]["toy"] = {"d_model": 16, "n_heads": 2, "d_head_flexible": 16, "n_layers": 1, "d_ff": 32,
+    raw["model"]["toy"] = {"d_model": 16, "heads": tiny_heads(2, 16, 1), "n_layers": 1, "d_ff": 32,
                            "dropout": 0.0, "activation": "gelu"}
     raw["train"]["toy"] = {"steps": 5, "batch_size": 16, "checkpoint_every": 5, "log_every": 5,
                            "grad_snapshot_steps": [1, 2], "eval_batch_size": 16, "eval_every": 5}
@@ -207,6 +214,8 @@ def test_a_fourth_task_trains_evaluates_and_is_reported(tmp_path, toy_registered
     assert "toy: mean squared error" in table and all(run.name.split("-")[2] in table for run in params.runs())
     summary = pd.read_csv(tmp_path / "reports" / "tables" / "summary.csv")
     assert set(summary["task"]) == {"toy"} and set(summary["regime"]) == {"radam", "tfixup"}
+    assert {"flexible − standard lo", "vs best regime significant"} <= set(summary.columns)
+    assert "toy: samples" in (tmp_path / "reports" / "tables" / "summary.md").read_text()  # the resampling unit
     assert json.loads((tmp_path / "metrics" / "toy-flexible-tfixup-0.json").read_text())["attention"] == "flexible"
     figures = write_figures(params, tmp_path / "metrics", tmp_path / "models", tmp_path / "reports")
     assert {"toy_curves.png", "toy_grad_histograms.png", "toy_attention.png"} <= {path.name for path in figures}

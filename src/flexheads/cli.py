@@ -164,10 +164,11 @@ def report(
 @user_errors
 def compare(
     params: Path = ParamsOption,
-    metrics_dir: Path = typer.Option(Path("metrics"), help="Folder of evaluate outputs (<run>.json)."),
+    metrics_dir: Path = typer.Option(Path("metrics"), help="Folder of evaluate outputs (<run>.json, <run>/)."),
 ) -> None:
-    """Print the standard-vs-flexible summary per task and regime (main metric, mean ± std over seeds, flexible −
-    standard) as a Markdown table, from the matrix's metrics JSON files alone."""
+    """Print the summary per task and regime (main metric of each head configuration, their differences with 95%
+    bootstrap intervals, each regime against the best) as a Markdown table, from the matrix's evaluation files
+    alone (metrics/<run>.json and metrics/<run>/samples.npz)."""
     from flexheads.report.inputs import MissingInputs
     from flexheads.report.tables import summary_markdown
 

@@ -22,7 +22,8 @@ DVC stage and Snakemake rule (``stage_tags``), the curves, the timings (metrics 
 ``train_cpu_time_s``, ``train_steps_per_s``), and ``model.pt`` as artifact ``model/model.pt``; the report stage adds the
 test metrics and the evaluation files (:func:`flexheads.report.publish.log_evaluations`), so an evaluation process
 never pays MLflow's start-up.
-Outputs of ``evaluate_run``: ``metrics/<run>.json`` (headline metrics on the test split) and under
+Outputs of ``evaluate_run``: ``metrics/<run>.json`` (headline metrics on the test split, and for a transformer
+``attention_flops``, forward attention FLOPs per sample: :func:`model_attention_flops`) and under
 ``metrics/<run>/`` the task's tables (the task's ``evaluate`` docstring has their contracts):
 
 * ``<table>.csv``: breakdowns (per action, per joint, per class, ...);
@@ -48,7 +49,7 @@ from flexheads.config import Params, Run, RunConfig, flatten, rule_name
 from flexheads.data.prepared import prepared_hash
 from flexheads.errors import DataError, WrongModel
 from flexheads.io import atomic_path, load_torch, read_json, save_torch, write_json
-from flexheads.nn import MultiHeadAttention
+from flexheads.nn import MultiHeadAttention, attention_flops
 from flexheads.tasks import get_task
 from flexheads.train import CHECKPOINT, GRAD_BINS, checkpoint_matches, fit, pick_device, seed_everything
 
@@ -156,6 +157,8 @@ def evaluate_run(params: Params, run_name: str, data_h5: Path, stats_json: Path,
                                      getattr(params.train, run.task).eval_batch_size, pick_device(device))
     metrics = {"run": run.name, "task": run.task, "model": run.baseline or "transformer", "attention": run.attention,
                "regime": run.regime, "main_metric": task.MAIN_METRIC, **{k: _rounded(v) for k, v in headline.items()}}
+    if "attention" in tables:  # the encoder's token count is the attention maps' size
+        metrics["attention_flops"] = model_attention_flops(model, tables["attention"]["weights"].shape[-1])
     tables_dir = out_json.with_suffix("")
     tables_dir.mkdir(parents=True, exist_ok=True)
     for name, table in tables.items():
@@ -227,8 +230,8 @@ def _rounded(value: Any) -> Any:
 def head_params(model: nn.Module) -> dict[str, int]:
     """The heads ``model`` was built with, as MLflow params; empty for a model without attention (the MLP baseline).
 
-    ``heads.n_heads``; ``heads.d_head``, the real width (``d_model // n_heads`` for standard heads,
-    ``d_head_flexible`` for flexible ones); ``heads.inner_width`` = n_heads × d_head; ``heads.attention_params``,
+    ``heads.n_heads``; ``heads.d_head``, the real width (``d_model // n_heads`` for a configuration without
+    ``d_head``); ``heads.inner_width`` = n_heads × d_head; ``heads.attention_params``,
     the parameters of every attention module together.
     """
     attention = [m for m in model.modules() if isinstance(m, MultiHeadAttention)]
@@ -237,6 +240,13 @@ def head_params(model: nn.Module) -> dict[str, int]:
     first = attention[0]  # every layer of a model is built with the same heads
     return {"heads.n_heads": first.n_heads, "heads.d_head": first.d_head, "heads.inner_width": first.inner_dim,
             "heads.attention_params": sum(p.numel() for m in attention for p in m.parameters())}
+
+
+def model_attention_flops(model: nn.Module, n_tokens: int) -> int:
+    """Forward attention FLOPs per sample of ``n_tokens`` tokens, summed over the model's attention layers
+    (:func:`flexheads.nn.attention_flops` of each: ``8 N d I + 4 N² I``)."""
+    return sum(attention_flops(n_tokens, m.q_proj.in_features, m.inner_dim)
+               for m in model.modules() if isinstance(m, MultiHeadAttention))
 
 
 def _tracker(params: Params, config: RunConfig, model: nn.Module, out_dir: Path, resumes: bool) -> Any:

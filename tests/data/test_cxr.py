@@ -166,17 +166,6 @@ def test_a_split_list_that_is_a_web_page_is_refused(tmp_path: Path) -> None:
         cxr.read_split_list(path)
 
 
-def test_hashed_splits_depend_on_the_patient_only() -> None:
-    patients = pd.Series([str(p) for p in range(2000)])
-    split = cxr.hashed_splits(patients, 0.2, 0.1, "covid")
-    shuffled = patients.sample(frac=1.0, random_state=0)
-    assert cxr.hashed_splits(shuffled, 0.2, 0.1, "covid").sort_index().equals(split)
-    assert split.value_counts(normalize=True)["test"] == pytest.approx(0.2, abs=0.03)
-    assert split.value_counts(normalize=True)["val"] == pytest.approx(0.08, abs=0.03)  # 10% of the other 80%
-    assert cxr.hashed_splits(patients, 0.2, 0.1, "other").ne(split).any()
-    assert cxr.patient_fraction("17", "nih") == cxr.patient_fraction("17", "nih")
-
-
 # --- COVID-19 collection --------------------------------------------------------------------------------------
 
 

@@ -5,6 +5,7 @@ import pytest
 
 from flexheads.metrics.pose3d import (
     auc3d,
+    mean_over_groups,
     mjae,
     mpjpe,
     mpjpe_per_joint,
@@ -185,3 +186,12 @@ def test_mjae_parents_length_must_equal_joints():
         mjae(poses, poses, CHAIN_PARENTS[:-1])
     with pytest.raises(ValueError, match="parents must be -1"):
         mjae(poses, poses, [-1] + [N_JOINTS] * (N_JOINTS - 1))
+
+
+def test_mean_over_groups_weighs_each_group_once():
+    # group 0: frames 1, 3 (mean 2); group 2: frame 8; group 1 absent: (2 + 8) / 2, not the frame mean 4
+    assert mean_over_groups(np.array([1.0, 8.0, 3.0]), np.array([0, 2, 0])) == 5.0
+    repeated = mean_over_groups(np.array([1.0, 8.0, 3.0, 3.0]), np.array([0, 2, 0, 0]))  # a repeat counts again
+    assert repeated == pytest.approx((7 / 3 + 8) / 2)
+    with pytest.raises(ValueError, match="non-negative integers"):
+        mean_over_groups(np.array([1.0]), np.array([0.5]))

@@ -27,8 +27,8 @@ lipoid, aspiration ...) gets NIH's Pneumonia, ``No Finding`` no label, everythin
 
 **Splits**, always by patient: NIH's official test list, validation = the train_val patients whose hash falls
 below ``val_fraction``; the COVID-19 source and a folder without split files by hash too (``COVID_TEST_FRACTION``,
-``test_fraction``).  The hash of a patient id (``patient_fraction``) is the same on every machine and does not depend
-on the order or the number of rows, so adding images never moves a patient between splits.
+``test_fraction``).  The hash of a patient id (``flexheads.data.splits``) is the same on every machine and does not
+depend on the order or the number of rows, so adding images never moves a patient between splits.
 
 **Downloads** go through ``download.download_file`` (resumable, verified, atomic) and ``extract.extract_once``.
 NIH's image archives are pinned by the MD5s NIH publishes (FAQ_CHESTXRAY.pdf, Q07) and by their sizes (the server's
@@ -44,7 +44,6 @@ section (the last quarter) is the seam along which it would split.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
@@ -56,6 +55,7 @@ import pandas as pd
 
 from flexheads.data.download import RemoteFile, download_file, file_digest
 from flexheads.data.extract import extract_once
+from flexheads.data.splits import hashed_splits
 from flexheads.errors import DataError
 from flexheads.io import read_json_object, write_json
 
@@ -277,24 +277,6 @@ def read_covid_metadata(csv_path: str | Path) -> pd.DataFrame:
 
 
 # --- splits ---------------------------------------------------------------------------------------------------
-
-
-def patient_fraction(patient: str, salt: str) -> float:
-    """A number in [0, 1) fixed by (salt, patient id): the first 8 bytes of SHA-256(``salt/patient``) over 2^64."""
-    digest = hashlib.sha256(f"{salt}/{patient}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2.0**64
-
-
-def hashed_splits(patients: pd.Series, test_fraction: float, val_fraction: float, salt: str) -> pd.Series:
-    """``train``/``val``/``test`` per row by patient: test where ``patient_fraction(p, salt + '/test')`` falls below
-    ``test_fraction``, else val where ``patient_fraction(p, salt + '/val')`` falls below ``val_fraction``."""
-    split = {}
-    for patient in patients.unique():
-        if patient_fraction(patient, f"{salt}/test") < test_fraction:
-            split[patient] = "test"
-        else:
-            split[patient] = "val" if patient_fraction(patient, f"{salt}/val") < val_fraction else "train"
-    return patients.map(split).rename("split")
 
 
 def check_patients_disjoint(patients: pd.Series, split: pd.Series, where: str) -> None:

@@ -17,9 +17,10 @@ import pandas as pd
 
 from flexheads.data.cxr import (
     COVID_DIR, COVID_IMAGES_DIR, COVID_METADATA, COVID_TEST_FRACTION, FOLDER_DIR, LABELS, MASKS_DIR, NIH_CSV,
-    NIH_DIR, NIH_IMAGES_DIR, NIH_TEST_LIST, NIH_TRAIN_VAL_LIST, check_patients_disjoint, folder_splits,
-    hashed_splits, nih_splits, read_covid_metadata, read_folder_entries, read_nih_entries,
+    NIH_DIR, NIH_IMAGES_DIR, NIH_TEST_LIST, NIH_TRAIN_VAL_LIST, check_patients_disjoint, folder_splits, nih_splits,
+    read_covid_metadata, read_folder_entries, read_nih_entries,
 )
+from flexheads.data.splits import hashed_splits
 
 if TYPE_CHECKING:  # the data layer does not load the params schema
     from flexheads.tasks.settings.cxr import CxrData

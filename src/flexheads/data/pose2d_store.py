@@ -32,11 +32,19 @@ class CropWriter:
 
     def __init__(self, group: h5py.Group, crop_size: tuple[int, int]) -> None:
         self.group, self.crop_size = group, crop_size
+        k = len(KEYPOINT_NAMES)
+        columns = {"images": ((*crop_size, 3), np.uint8), "keypoints": ((k, 2), np.float32), "visible": ((k,), bool),
+                   "keypoints_image": ((k, 3), np.float32), "affine": ((2, 3), np.float32), "image_id": ((), np.int64),
+                   "annotation_id": ((), np.int64), "bbox": ((4,), np.float32), "area": ((), np.float32)}
+        for name, (shape, dtype) in columns.items():  # created up front, so an empty split has them too
+            chunk_rows = 16 if name == "images" else 4096  # images: ~0.6 MB chunks at 128×96
+            group.create_dataset(name, shape=(0, *shape), maxshape=(None, *shape), dtype=dtype,
+                                 chunks=(chunk_rows, *shape), compression="gzip")
         self.buffer: dict[str, list[np.ndarray]] = {}
         self.rows = 0
         self.images: set[int] = set()
-        self.labelled = np.zeros(len(KEYPOINT_NAMES))  # per keypoint: rows where v > 0
-        self.sum_xy = np.zeros((len(KEYPOINT_NAMES), 2))  # and the sum of their normalised crop coordinates
+        self.labelled = np.zeros(k)  # per keypoint: rows where v > 0
+        self.sum_xy = np.zeros((k, 2))  # and the sum of their normalised crop coordinates
 
     def append(self, image: Image.Image, record: PersonRecord) -> None:
         """Buffer the crop of ``record``'s person, cut from its decoded ``image``; write a full block."""
@@ -65,14 +73,9 @@ class CropWriter:
     def _flush(self) -> None:
         n = len(self.buffer.get("images", ()))
         for name, values in self.buffer.items():
-            block = np.stack(values)
-            if name not in self.group:
-                chunk_rows = 16 if name == "images" else 4096  # images: ~0.6 MB chunks at 128×96
-                self.group.create_dataset(name, shape=(0, *block.shape[1:]), maxshape=(None, *block.shape[1:]),
-                                          dtype=block.dtype, chunks=(chunk_rows, *block.shape[1:]), compression="gzip")
             dataset = self.group[name]
             dataset.resize(self.rows + n, axis=0)
-            dataset[self.rows :] = block
+            dataset[self.rows :] = np.stack(values)
         self.rows += n
         self.buffer = {}
 
@@ -84,6 +87,6 @@ class CropWriter:
         return {
             "rows": self.rows,  # persons
             "images": len(self.images),
-            "labelled_fraction": dict(zip(KEYPOINT_NAMES, (self.labelled / self.rows).round(4).tolist())),
+            "labelled_fraction": dict(zip(KEYPOINT_NAMES, (self.labelled / max(self.rows, 1)).round(4).tolist())),
             "keypoints_mean": mean_pose.round(6).tolist(),
         }

@@ -4,7 +4,8 @@
 group's and dataset's name, attributes, dtype, shape and values, in name order.  Training records that hash in its
 checkpoint, so a checkpoint resumes only on the very data it was trained on.  :func:`open_prepared` turns a
 missing, empty, truncated or foreign file, and a read that fails inside it, into one :class:`DataError` that names
-the file; :func:`read_split` reads whole datasets of one split group through it, naming any that is missing.
+the file; :func:`read_split` reads whole datasets of one split group through it, naming any that is missing;
+:func:`require_validation_split` refuses validation curves without validation rows.
 """
 
 from __future__ import annotations
@@ -71,6 +72,17 @@ def read_split(h5_path: str | Path, task: str, split: str, names: Iterable[str],
             if name not in group:
                 raise DataError(f"{h5_path}: no dataset '{split}/{name}'; rerun `flexheads prepare {task}`")
         return {name: group[name][:] for name in [*names, *(name for name in optional if name in group)]}
+
+
+def require_validation_split(h5_path: str | Path, task: str, rows_dataset: str) -> None:
+    """``DataError`` unless the ``val`` group of ``task``'s prepared file has rows (``val/<rows_dataset>`` is not
+    empty): validation curves score the validation split only, never the test split."""
+    with open_prepared(h5_path, task) as h5:
+        rows = len(h5["val"][rows_dataset]) if "val" in h5 and rows_dataset in h5["val"] else 0
+    if not rows:
+        raise DataError(f"{h5_path}: no validation rows (prepared with data.{task}.val_fraction: 0?), and validation "
+                        f"curves never score the test split; set data.{task}.val_fraction > 0 and rerun `flexheads "
+                        f"prepare {task}`, or set train.{task}.eval_every: 0")
 
 
 def seal(h5: h5py.File, task: str) -> str:

@@ -17,6 +17,7 @@ import numpy as np
 
 __all__ = [
     "auc3d",
+    "mean_over_groups",
     "mjae",
     "mpjpe",
     "mpjpe_per_joint",
@@ -70,6 +71,24 @@ def mpjpe_per_joint(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
     """MPJPE of each joint, averaged over all leading axes: ``(..., J, 3) -> (J,)`` in mm."""
     errors = per_joint_error(pred, gt)
     return errors.reshape(-1, errors.shape[-1]).mean(axis=0)
+
+
+def mean_over_groups(values: np.ndarray, groups: np.ndarray) -> float:
+    """Unweighted mean over the groups present of each group's mean: ``mean_a (sum_{n: g_n = a} v_n / N_a)``.
+
+    Human3.6M's headline MPJPE is this with ``values`` the per-frame MPJPE ``(N,)`` (mean over joints of
+    :func:`per_joint_error`) and ``groups`` the frame's action index ``(N,)`` (int >= 0): each of the 15 actions
+    weighs the same, however many frames it has.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    groups = np.asarray(groups)
+    if values.ndim != 1 or values.shape != groups.shape or values.size == 0:
+        raise ValueError(f"need values and groups of one non-empty shape (N,), got {values.shape} and {groups.shape}")
+    if not np.issubdtype(groups.dtype, np.integer) or groups.min() < 0:
+        raise ValueError(f"groups must be non-negative integers, got dtype {groups.dtype}")
+    counts = np.bincount(groups)
+    present = counts > 0
+    return float((np.bincount(groups, weights=values)[present] / counts[present]).mean())
 
 
 def _procrustes_align(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:

@@ -54,11 +54,6 @@ def first_of_each(runs: Sequence[Run], key: Callable[[Run], str]) -> list[Run]:
     return list(firsts.values())
 
 
-def pick_attention(params: Params) -> str:
-    """Standard attention if the matrix has it (the thesis's reference), else its first attention."""
-    return "standard" if "standard" in params.experiment.attention else params.experiment.attention[0]
-
-
 def pick_regime(params: Params) -> str:
     """Pre-LN if the matrix has it (the regime that trains reliably everywhere), else its first regime."""
     return "preln" if "preln" in params.experiment.regimes else params.experiment.regimes[0]

@@ -120,7 +120,7 @@ def skeletons_2d_figure(params: Params, task: str, metrics_dir: Path) -> plt.Fig
         ax.set_ylim(height - 0.5, -0.5)
     _skeleton_legend(figure, "ground truth (labelled joints)")
     metric = main_metric(task)
-    figure.suptitle(f"{task}: validation crops ({width}×{height} px) of the best run,\n"
+    figure.suptitle(f"{task}: test crops ({width}×{height} px) of the best run,\n"
                     f"{run.name} ({metric.header} {score:.3f})")
     return figure
 

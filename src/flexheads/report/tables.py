@@ -3,15 +3,16 @@
 * ``<task>``: one row per run (attention × regime × seed, then the baselines), the task's headline metrics,
   parameter count, train time (wall clock), train CPU time, steps per second, final loss and MLflow run id; the
   best value per column in bold.  Its caption is the task's ``REPORT_CAPTION`` and ``TIMING_NOTE``.
-* ``summary``: across tasks, per regime: the main metric with standard and flexible heads and the two
-  comparisons the thesis asks for, flexible − standard and each regime − the task's best regime, as
-  mean ± std over the seeds of ``experiment.seeds`` (differences are paired by seed).
+* ``summary``: across tasks, per regime: the main metric of each attention configuration, the difference of
+  every pair of configurations and each regime − the task's best regime, each difference with its 95% paired
+  bootstrap interval and significance mark (:mod:`flexheads.report.uncertainty`, from ``metrics/<run>/samples.npz``)
+  and, over the seeds of ``experiment.seeds``, mean ± std and a paired t-test.
 * ``<task>_<breakdown>``: one row per attention × regime (mean over seeds), one column per action, joint or
   finding (the task's ``REPORT_BREAKDOWNS``), best value per column in bold.
 
 ``flexheads compare`` prints the ``summary`` table from the metrics files alone (``summary_markdown``).
 
-Reads only what the train and evaluate stages wrote (``metrics/<run>.json``, ``metrics/<run>/*.csv``,
+Reads only what the train and evaluate stages wrote (``metrics/<run>.json``, ``metrics/<run>/*.{csv,npz}``,
 ``models/<run>/train.json``): the DAG is the truth.  A run of the matrix without its files stops the report
 with the list of missing files; no row is ever dropped silently.
 """
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -29,10 +31,12 @@ import pandas as pd
 from flexheads.config import Params
 from flexheads.io import write_text
 from flexheads.report.inputs import main_metric, require, task_runs
+from flexheads.report.uncertainty import N_RESAMPLES, Bootstrap, Difference, bootstrap, difference
 from flexheads.tasks import get_task
 
 RUN_COLUMNS = [  # (key in train.json, header, better)
     ("n_params", "params", None),
+    ("attention_flops", "attention FLOPs", None),
     ("wall_time_s", "train time (s)", None),
     ("cpu_time_s", "train CPU (s)", None),
     ("steps_per_s", "steps/s", None),
@@ -54,7 +58,7 @@ def collect(params: Params, task: str, metrics_dir: Path, models_dir: Path) -> p
     require([p for pair in paths for p in pair], f"table {task}")
     rows = [{**json.loads(m.read_text()), **json.loads(t.read_text()), "seed": r.seed}
             for r, (m, t) in zip(runs, paths)]
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, dtype=object)  # a count absent from one run's file stays a count in the others
 
 
 def best_cells(values: pd.DataFrame, better: dict[str, str | None]) -> Bold:
@@ -87,62 +91,112 @@ def mean_std(values: np.ndarray) -> tuple[float, float]:
     return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
 
 
-def summary_table(frames: dict[str, pd.DataFrame]) -> tuple[pd.DataFrame, Bold]:
-    """Rows task × regime of the transformer runs: main metric with standard / flexible heads, the paired
-    difference flexible − standard, and the regime's difference to the task's best regime (main metric
-    averaged over attention, paired by seed); cells are ``(mean, std)`` over seeds.  Bold: per task, the
-    best regime of each attention column."""
+def task_bootstrap(params: Params, task: str, metrics_dir: Path) -> Bootstrap:
+    """:func:`flexheads.report.uncertainty.bootstrap` of the task's matrix runs from ``metrics/<run>/samples.npz``;
+    :class:`MissingInputs` lists every absent file, ``ValueError`` names a run whose samples do not give the main
+    metric of its ``metrics/<run>.json`` (to its 4 decimals: files of two different evaluations)."""
+    runs = task_runs(params, task, baselines=False)
+    paths = {r.name: (metrics_dir / f"{r.name}.json", metrics_dir / r.name / "samples.npz") for r in runs}
+    require([p for pair in paths.values() for p in pair], "summary")
+    samples = {}
+    for name, (_, npz) in paths.items():
+        with np.load(npz, allow_pickle=False) as arrays:
+            samples[name] = {key: arrays[key] for key in arrays.files}
+    boot = bootstrap(samples, get_task(task).sample_metric)
+    key = main_metric(task).key
+    for name, (metrics_json, npz) in paths.items():
+        stated, computed = json.loads(metrics_json.read_text()).get(key), boot.point[name]
+        if (stated is None) != math.isnan(computed) or (stated is not None and abs(stated - computed) > 5.1e-5):
+            raise ValueError(f"{npz} gives {key} {computed:.6g} but {metrics_json} states {stated}: rerun "
+                             f"`flexheads evaluate` for {name}")
+    return boot
+
+
+def summary_table(params: Params, boots: dict[str, Bootstrap]) -> tuple[pd.DataFrame, Bold]:
+    """Rows task × regime of the matrix runs: the main metric per attention configuration (in
+    ``experiment.attention``'s order; over seeds ``(mean, std)``), a :class:`Difference` ``b − a`` for every
+    configuration ``a`` listed before ``b`` (same regime and seed), and "vs best regime": the regime minus the
+    task's best regime (best mean over attention and seeds), both averaged over attention.  Bold: the best regime's
+    name, only when every other regime's "vs best regime" interval excludes 0."""
+    attentions, seeds = params.experiment.attention, params.experiment.seeds
+    pairs = [(a, b) for i, b in enumerate(attentions) for a in attentions[:i]]
     rows, bold = [], set()
-    for task, frame in frames.items():
+    for task, boot in boots.items():
         metric = main_metric(task)
-        runs = frame[frame["model"] == "transformer"]
-        by_seed = runs.pivot_table(index=["regime", "seed"], columns="attention", values=metric.key, aggfunc="first",
-                                   dropna=False)  # keep undefined (null) metrics as NaN
-        regimes = list(dict.fromkeys(runs["regime"]))
-        per_seed_mean = by_seed.mean(axis=1).unstack("seed")  # regime × seed, averaged over attention
-        pick = np.nanargmin if metric.lower_is_better else np.nanargmax
-        best_regime = regimes[int(pick(per_seed_mean.loc[regimes].mean(axis=1).to_numpy()))]
+        name = {(r.attention, r.regime, r.seed): r.name for r in task_runs(params, task, baselines=False)}
+        regimes = list(dict.fromkeys(regime for _, regime, _ in name))
+        runs = partial(_runs_per_seed, name, seeds)
+        overall = [np.mean([boot.point[n] for per_seed in runs(r, attentions) for n in per_seed]) for r in regimes]
+        best = regimes[int((np.nanargmin if metric.lower_is_better else np.nanargmax)(overall))] \
+            if not np.isnan(overall).all() else None
         start = len(rows)
         for regime in regimes:
-            cells = by_seed.loc[regime]
             row = {"task": task, "metric": metric.header, "regime": regime}
-            for attention in ("standard", "flexible"):
-                row[attention] = mean_std(cells[attention]) if attention in cells else (math.nan, math.nan)
-            row["flexible − standard"] = (mean_std(cells["flexible"] - cells["standard"])
-                                          if {"standard", "flexible"} <= set(cells) else (math.nan, math.nan))
-            row["vs best regime"] = mean_std(per_seed_mean.loc[regime] - per_seed_mean.loc[best_regime])
+            for a in attentions:
+                values = [boot.point[name[a, regime, s]] for s in seeds]
+                row[a] = mean_std(values) if len(seeds) > 1 else values[0]
+            for a, b in pairs:
+                row[f"{b} − {a}"] = difference(boot, runs(regime, (b,)), runs(regime, (a,)))
+            row["vs best regime"] = difference(boot, runs(regime, attentions), runs(best, attentions)) \
+                if best else Difference(math.nan, math.nan, math.nan, False)
             rows.append(row)
-        block = pd.DataFrame(rows[start:])
-        for j, attention in ((3, "standard"), (4, "flexible")):
-            means = block[attention].map(lambda cell: cell[0])
-            if means.notna().any():
-                bold.add((start + int(means.idxmin() if metric.lower_is_better else means.idxmax()), j))
+        others = [row["vs best regime"] for row in rows[start:] if row["regime"] != best]
+        if others and all(d.significant for d in others):
+            bold.add((start + regimes.index(best), 2))
     return pd.DataFrame(rows), bold
 
 
-def summary_caption(seeds: tuple[int, ...]) -> str:
-    """The ``summary`` table's caption: mean ± std over ``seeds``, or the one seed."""
-    if len(seeds) > 1:
-        return (f"Main metric per task and regime with standard and flexible heads, mean ± std over seeds "
-                f"{list(seeds)}; differences paired by seed ('vs best regime': the regime minus the task's best "
-                "regime, both averaged over attention). Best regime per task in bold.")
-    return (f"Main metric per task and regime with standard and flexible heads (seed {seeds[0]}; list more "
-            "seeds in experiment.seeds for mean ± std). Best regime per task in bold.")
+def _runs_per_seed(name: dict[tuple[str, str, int], str], seeds: tuple[int, ...], regime: str,
+                   attentions: tuple[str, ...]) -> list[list[str]]:
+    """Per seed, the names of the runs of ``regime`` with each of ``attentions`` (the runs a contrast averages)."""
+    return [[name[a, regime, s] for a in attentions] for s in seeds]
+
+
+def summary_caption(params: Params) -> str:
+    """The ``summary`` table's caption: what the cells are, the bootstrap (B, resampling unit per task, percentile
+    interval), the significance mark, the t-test over seeds, and what bold means."""
+    seeds = params.experiment.seeds
+    units = "; ".join(f"{task}: {get_task(task).SAMPLE_GROUP}" for task in params.experiment.tasks)
+    cells = (f"mean ± std over seeds {list(seeds)}" if len(seeds) > 1
+             else f"seed {seeds[0]}; list more seeds in experiment.seeds for mean ± std and a t-test")
+    over_seeds = (" Differences are paired by seed: mean ± std of the per-seed differences, the interval that of the "
+                  "seed-averaged difference (every seed's runs on the same resamples), and p the two-sided paired "
+                  "t-test over seeds (scipy.stats.ttest_rel)." if len(seeds) > 1 else "")
+    return (f"Main metric per task and regime for each attention configuration ({cells}). 'b − a': configuration "
+            "b minus configuration a in the same regime; 'vs best regime': the regime minus the task's best regime, "
+            "both averaged over attention. Each difference: its value on the full test set [95% percentile "
+            f"bootstrap interval: {N_RESAMPLES} resamples of the test set's groups, drawn with replacement, the same "
+            f"resamples for every run of a task; groups: {units}]; * marks a significant difference (its interval "
+            f"excludes 0), no difference is bold.{over_seeds} A regime in bold: the task's best regime, only where "
+            "every other regime's 'vs best regime' interval excludes 0.")
+
+
+def summary_flat(table: pd.DataFrame) -> pd.DataFrame:
+    """The ``summary`` table's unformatted numbers (its CSV): ``(mean, std)`` cells as ``<column>`` and
+    ``<column> std``; :class:`Difference` cells as ``<column>`` (the point, over seeds the mean),
+    ``<column> lo``, ``<column> hi``, ``<column> significant`` and, over seeds, ``<column> std`` and ``<column> p``."""
+    flat = {}
+    for column in table.columns:
+        first = table[column].iloc[0]
+        if isinstance(first, Difference):
+            parts = {"": "point", " lo": "low", " hi": "high", " significant": "significant"}
+            if not math.isnan(first.std):
+                parts |= {" std": "std", " p": "p"}
+            flat |= {f"{column}{suffix}": [getattr(d, field) for d in table[column]] for suffix, field in parts.items()}
+        elif isinstance(first, tuple):
+            flat[column], flat[f"{column} std"] = zip(*table[column])
+        else:
+            flat[column] = table[column]
+    return pd.DataFrame(flat)
 
 
 def summary_markdown(params: Params, metrics_dir: Path) -> str:
-    """The ``summary`` table as Markdown from the ``metrics/<run>.json`` of the matrix's transformer runs alone
-    (no train summaries, no baselines); :class:`MissingInputs` lists every absent file of every task."""
-    runs = params.runs()
-    paths = {run: metrics_dir / f"{run.name}.json" for run in runs}
-    require(paths.values(), "summary")
-    # summary_table keeps transformer rows: every matrix run is one, whether or not its file says so
-    rows = {run: {"model": "transformer", **json.loads(path.read_text()), "seed": run.seed}
-            for run, path in paths.items()}
-    frames = {task: pd.DataFrame([row for run, row in rows.items() if run.task == task])
-              for task in params.experiment.tasks}
-    summary, bold = summary_table(frames)
-    return to_markdown(summary, bold, summary_caption(params.experiment.seeds))
+    """The ``summary`` table as Markdown from the ``metrics/<run>.json`` and ``metrics/<run>/samples.npz`` of the
+    matrix's transformer runs alone (no train summaries, no baselines); :class:`MissingInputs` lists every absent
+    file of a task."""
+    boots = {task: task_bootstrap(params, task, metrics_dir) for task in params.experiment.tasks}
+    summary, bold = summary_table(params, boots)
+    return to_markdown(summary, bold, summary_caption(params))
 
 
 def breakdown_table(params: Params, task: str, name: str, key: str, value: str, better: str,
@@ -172,10 +226,10 @@ def write_table(base: Path, table: pd.DataFrame, bold: Bold, caption: str,
 
 def write_tables(params: Params, metrics_dir: Path, models_dir: Path, out_dir: Path) -> list[Path]:
     """Every table of the module docstring into ``<out>/tables/``; returns the written paths."""
-    tables, written, frames = out_dir / "tables", [], {}
+    tables, written = out_dir / "tables", []
     for task in params.experiment.tasks:
         module = get_task(task)
-        frames[task] = frame = collect(params, task, metrics_dir, models_dir)
+        frame = collect(params, task, metrics_dir, models_dir)
         table, bold = comparison_table(params, frame, task)
         written += write_table(tables / task, table, bold, f"{module.REPORT_CAPTION} {TIMING_NOTE}", csv=frame)
         for name, key, value, label, better in module.REPORT_BREAKDOWNS:
@@ -183,12 +237,9 @@ def write_tables(params: Params, metrics_dir: Path, models_dir: Path, out_dir: P
             caption = f"{task}: {label} per {key.replace('_', ' ')} (test split; mean over seeds)."
             written += write_table(tables / f"{task}_{name}", table, bold, caption)
 
-    summary, bold = summary_table(frames)
-    flat = summary.copy()
-    for column in ("standard", "flexible", "flexible − standard", "vs best regime"):
-        flat[f"{column} mean"], flat[f"{column} std"] = zip(*summary[column])
-        flat = flat.drop(columns=column)
-    written += write_table(tables / "summary", summary, bold, summary_caption(params.experiment.seeds), csv=flat)
+    boots = {task: task_bootstrap(params, task, metrics_dir) for task in params.experiment.tasks}
+    summary, bold = summary_table(params, boots)
+    written += write_table(tables / "summary", summary, bold, summary_caption(params), csv=summary_flat(summary))
     return written
 
 
@@ -222,7 +273,10 @@ def _cells(table: pd.DataFrame, bold: Bold, emphasis: str, escape: Callable[[str
 
 
 def _format(value: object) -> str:
-    """Numbers to 4 decimals below 1, one decimal above; ``(mean, std)`` as ``mean ± std``; undefined as —."""
+    """Numbers to 4 decimals below 1, one decimal above; ``(mean, std)`` as ``mean ± std``; a
+    :class:`Difference` by :func:`_format_difference`; undefined as —."""
+    if isinstance(value, Difference):
+        return _format_difference(value)
     if isinstance(value, tuple):
         mean, std = value
         if math.isnan(std) or math.isnan(mean):
@@ -234,6 +288,23 @@ def _format(value: object) -> str:
     if isinstance(value, float):
         return f"{value:.4f}" if abs(value) < 1 else f"{value:.1f}"
     return str(value)
+
+
+def _format_difference(d: Difference) -> str:
+    """``point [low, high]`` (over seeds ``mean ± std [low, high] p=…``), ``*`` after the interval when significant;
+    4 decimals when every number is below 1, else 2; negative numbers with a minus sign (−)."""
+    if math.isnan(d.point):
+        return "—"
+    n = 4 if max(abs(v) for v in (d.point, d.low, d.high) if not math.isnan(v)) < 1 else 2
+    spread = "" if math.isnan(d.std) else f" ± {d.std:.{n}f}"
+    p = "" if math.isnan(d.p) else f" p={d.p:.2g}"
+    mark = "*" if d.significant else ""
+    return f"{_signed(d.point, n)}{spread} [{_signed(d.low, n)}, {_signed(d.high, n)}]{mark}{p}"
+
+
+def _signed(value: float, decimals: int) -> str:
+    """``value`` to ``decimals`` with a minus sign (−) when negative; undefined as —."""
+    return "—" if math.isnan(value) else f"{value:.{decimals}f}".replace("-", "−")
 
 
 def _latex_escape(text: str) -> str:

@@ -2,8 +2,8 @@
 gets (:data:`flexheads.report.figures.COMMON_FIGURES`), each drawn for the task it is given.
 
 * ``grad_histograms`` (``<task>_grad_histograms``, thesis fig. 3.16): the distribution of log10|gradient| over all
-  parameters at the snapshot steps (``grad_histograms.json``), one panel per run of the reference attention (one
-  per regime);
+  parameters at the snapshot steps (``grad_histograms.json``), one panel per attention configuration (row) and
+  regime (column), each the first seed's run;
 * ``curves`` (``<task>_curves``): smoothed training loss (labelled with the task's ``LOSS_LABEL``) and, where the
   run evaluated during training, the held-out main metric against the step (``history.csv``), every run of the
   task on the same axes.
@@ -11,7 +11,6 @@ gets (:data:`flexheads.report.figures.COMMON_FIGURES`), each drawn for the task 
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -25,7 +24,6 @@ from flexheads.config import Params, Run
 from flexheads.report.inputs import (
     first_of_each,
     main_metric,
-    pick_attention,
     read_grad_histograms,
     read_table,
     task_runs,
@@ -33,14 +31,10 @@ from flexheads.report.inputs import (
 from flexheads.report.style import run_colour, run_legend_handles, run_linestyle
 from flexheads.tasks import get_task
 
-HISTOGRAM_COLUMNS = 3
-
-
 def grad_histogram_runs(params: Params, task: str) -> tuple[list[Run], bool]:
-    """One run per regime of the reference attention (its first seed); True if that left other seeds out."""
-    attention = pick_attention(params)
-    candidates = [r for r in task_runs(params, task, baselines=False) if r.attention == attention]
-    runs = first_of_each(candidates, lambda r: r.regime)
+    """One run per attention × regime (its first seed), in matrix order; True if that left other seeds out."""
+    candidates = task_runs(params, task, baselines=False)
+    runs = first_of_each(candidates, lambda r: f"{r.attention} {r.regime}")
     return runs, len(runs) < len(candidates)
 
 
@@ -49,30 +43,31 @@ def grad_histograms_inputs(params: Params, task: str, models_dir: Path) -> list[
 
 
 def grad_histograms_figure(params: Params, task: str, models_dir: Path) -> plt.Figure:
-    attention = pick_attention(params)
+    """A grid of panels: one row per attention configuration, one column per regime (``experiment`` order)."""
     runs, first_seeds = grad_histogram_runs(params, task)
     histograms = [read_grad_histograms(p) for p in grad_histograms_inputs(params, task, models_dir)]
     steps = sorted({s for _, fractions in histograms for s in fractions})
     colours = dict(zip(steps, sns.color_palette("flare", len(steps))))
+    attentions, regimes = params.experiment.attention, params.experiment.regimes
 
-    cols = min(HISTOGRAM_COLUMNS, len(runs))
-    rows = math.ceil(len(runs) / cols)
-    figure, axes = plt.subplots(rows, cols, figsize=(3.6 * cols + 1.2, 2.9 * rows + 0.6), sharex=True, sharey=True,
-                                squeeze=False, layout="constrained")
-    for ax, run, (edges, fractions) in zip(axes.flat, runs, histograms):
+    figure, axes = plt.subplots(len(attentions), len(regimes), figsize=(3.4 * len(regimes) + 2.2,
+                                2.5 * len(attentions) + 0.7), sharex=True, sharey=True, squeeze=False,
+                                layout="constrained")
+    for run, (edges, fractions) in zip(runs, histograms):
+        ax = axes[attentions.index(run.attention), regimes.index(run.regime)]
         for step, fraction in fractions.items():
-            ax.stairs(fraction, edges, color=colours[step], lw=1.5, label=str(step))
-        ax.set_title(f"{run.regime}\n({run.name})" if first_seeds else run.regime)
-    for ax in axes.flat[len(runs):]:
-        ax.set_visible(False)
+            ax.stairs(fraction, edges, color=colours[step], lw=1.5)
+        if first_seeds:
+            ax.text(0.02, 0.97, f"seed {run.seed}", transform=ax.transAxes, va="top", fontsize="small")
+    for regime, ax in zip(regimes, axes[0]):
+        ax.set_title(regime)
     for ax in axes[-1]:
         ax.set_xlabel("log10 |gradient|")
-        ax.xaxis.set_tick_params(labelbottom=True)
-    for ax in axes[:, 0]:
-        ax.set_ylabel("fraction of entries")
+    for attention, ax in zip(attentions, axes[:, 0]):
+        ax.set_ylabel(f"{attention}\nfraction of entries")
     handles = [Line2D([], [], color=colours[s], lw=2, label=str(s)) for s in steps]
     figure.legend(handles=handles, title="training step", loc="outside right upper")
-    figure.suptitle(f"{task}: gradient magnitudes of all parameters at early steps, {attention} attention")
+    figure.suptitle(f"{task}: gradients of all parameters at early steps")
     return figure
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
     from torch import nn
 
@@ -62,6 +63,9 @@ class Task(Protocol):
 
     MAIN_METRIC_UNIT: str
     """The main metric's unit as figure labels print it, e.g. "mm" ("" for a pure number)."""
+
+    SAMPLE_GROUP: str
+    """What one ``group`` of ``evaluate``'s ``samples`` is, e.g. "patient" (the summary caption's resampling unit)."""
 
     LOSS_LABEL: str
     """What the training loss is, with units: the y label of the training-curve figure."""
@@ -108,8 +112,15 @@ class Task(Protocol):
                  device: torch.device) -> tuple[dict[str, Any], dict[str, Any]]:
         """Test-split metrics: the headline (``MAIN_METRIC`` and every ``REPORT_COLUMNS`` key) and the tables,
         name → a DataFrame (written as CSV; ``REPORT_BREAKDOWNS`` read them) or a dict of arrays (written as
-        npz: ``attention`` as :func:`flexheads.tasks.evaluation.attention_record` makes it, and what the task's
-        figure kinds read)."""
+        npz: ``attention`` as :func:`flexheads.tasks.evaluation.attention_record` makes it, ``samples`` (one row per
+        test sample: what ``sample_metric`` reads, and ``group``, int64, the resampling unit of the report's
+        bootstrap), and what the task's figure kinds read)."""
+        ...
+
+    def sample_metric(self, samples: Mapping[str, np.ndarray]) -> float:
+        """``MAIN_METRIC`` of rows of ``evaluate``'s ``samples`` table (any multiset of its rows: a bootstrap
+        resample repeats rows, and a repeated row counts again); of all rows it is ``evaluate``'s ``MAIN_METRIC``
+        (to the 4 decimals of ``metrics/<run>.json``)."""
         ...
 
 

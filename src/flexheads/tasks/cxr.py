@@ -13,10 +13,14 @@ Stage workers, each a function of its inputs and outputs:
       folder/                    images/*, labels.csv (+ train_val_list.txt, test_list.txt when given)
 
 * ``prepare``: every image decoded once, to grayscale, centre-cropped to a square and resized to
-  ``data.image_size`` → ``cxr.h5`` (splits ``train``/``val``/``test`` by patient) + a JSON of statistics.
+  ``data.image_size`` → ``cxr.h5`` (splits ``train``/``val``/``test`` by patient: test = NIH's test list, or a
+  hashed share of the COVID-19 source's patients; val = the ``data.cxr.val_fraction`` of the remaining patients
+  held out by hash; train the rest) + a JSON of statistics.
 * ``build_model``/``training_batches``/``validation``: the ViT, its step-indexed, augmented batches (BCE,
-  optionally class-weighted), and the held-out mean AUROC of its validation curve.
-* ``evaluate``: AUROC, AP, F1/sensitivity/specificity at thresholds chosen on validation, per finding; with lesion
+  optionally class-weighted), and the validation split's mean AUROC of its validation curves
+  (``val_mean_auroc``; never the test split's).
+* ``evaluate``: AUROC, AP, F1/sensitivity/specificity at thresholds chosen on the validation split (0.5 when it
+  is empty: ``val_fraction: 0``, allowed only with ``train.cxr.eval_every: 0``), per finding; with lesion
   masks (synthetic data) also Grad-CAM localisation (pointing game, IoU) against a uniform map; the attention maps
   of one test radiograph for the report.
 
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import shutil
 from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Callable
 
@@ -48,7 +53,8 @@ from flexheads.data.cxr import (
 )
 from flexheads.data.cxr_images import DECODE_THREADS, load_row
 from flexheads.data.cxr_store import BLOCK_ROWS, FOLDER_LABELS, SplitWriter, records
-from flexheads.data.prepared import open_prepared, read_split, seal
+from flexheads.data.prepared import open_prepared, read_split, require_validation_split, seal
+from flexheads.data.splits import require_held_out
 from flexheads.io import atomic_path, replace_with_symlink, write_json
 from flexheads.localisation import localisation
 from flexheads.metrics import classification
@@ -128,9 +134,15 @@ def prepare(data: CxrData, raw_dir: Path, out_h5: Path, stats_json: Path) -> dic
     strings; synthetic data adds ``masks`` uint16 ``(N, S, S)``, bit k set where finding ``LABELS[k]`` is.  File
     attributes ``labels``, ``image_size``, ``source``.  Statistics: per split ``rows``, ``patients``,
     ``positives`` per label (and ``no_finding``); ``pixel_mean``/``pixel_std`` of the train images in [0, 1].
+    ``ParamsError`` naming ``data.cxr.val_fraction`` when it holds out no train_val patient (or all of them); the
+    val group is empty only with ``val_fraction: 0`` (then no curves, and F1 thresholds of 0.5).
     """
     size = data.image_size
     rows = records(data, raw_dir)
+    patients = rows["source"] + "/" + rows["patient_id"]
+    require_held_out(set(patients[rows["split"] == "val"]), patients[rows["split"] != "test"].nunique(),
+                     data.val_fraction, "data.cxr.val_fraction", "train_val patients",
+                     "data.cxr.synthetic.n_patients (synthetic data)")
     with_masks = rows["mask_path"].notna().all()
     stats: dict[str, Any] = {"source": data.source, "image_size": size, "labels": list(LABELS), "splits": {}}
     with atomic_path(out_h5) as tmp, h5py.File(tmp, "w") as h5, ThreadPoolExecutor(DECODE_THREADS) as pool:
@@ -165,6 +177,7 @@ NAME = "cxr"
 TITLE = "Chest X-ray classification"
 MAIN_METRIC = "mean_auroc"  # higher is better
 MAIN_METRIC_UNIT = "0–1"
+SAMPLE_GROUP = "patients"  # samples.npz group: one id per patient
 LOSS_LABEL = "training loss: binary cross-entropy"  # what training_batches' loss computes
 MAX_SHIFT = 1 / 16  # training augmentation: translation up to ±S/16 pixels, zero filled
 MAX_CONTRAST_CHANGE = 0.1  # and exposure: pixels × U(0.9, 1.1) + U(-0.05, 0.05)
@@ -241,13 +254,17 @@ def predict(model: VisionTransformer, images: np.ndarray, batch_size: int, devic
 
 
 def validation(h5_path: Path, config: RunConfig) -> Callable[[nn.Module, torch.device], float]:
-    """The validation curve's metric: ``mean_auroc`` (as :func:`evaluate` computes it: the mean over the findings
-    with positives and negatives) of ``VALIDATION_SAMPLES`` validation images evenly spaced over the split, so
-    both sources (ChestX-ray14, then COVID-19) appear; without a validation split (``data.cxr.val_fraction: 0``)
-    the test split's, for a curve only (nothing is chosen on it).  The images are read once, here.
+    """The validation curves' metric (``val_mean_auroc``): ``mean_auroc`` (as :func:`evaluate` computes it: the
+    mean over the findings with positives and negatives) of ``VALIDATION_SAMPLES`` images evenly spaced over the
+    validation split, so both sources (ChestX-ray14, then COVID-19) appear.
+
+    The validation split is the ``data.cxr.val_fraction`` of the train_val patients held out by patient hash
+    (``flexheads.data.cxr``): never trained on and patient-disjoint from the test split, which it never falls
+    back to (an empty split is a ``DataError``).  The images are read once, here.
     """
+    require_validation_split(h5_path, "cxr", "labels")
     with open_prepared(h5_path, "cxr") as h5:
-        split = h5["val"] if len(h5["val"]["labels"]) else h5["test"]
+        split = h5["val"]
         rows = evenly_spaced(len(split["labels"]), VALIDATION_SAMPLES)
         images, labels = split["images"][rows], split["labels"][rows]
     batch_size = config.train.eval_batch_size
@@ -268,11 +285,13 @@ def evaluate(model: nn.Module, h5_path: Path, stats: dict[str, Any], batch_size:
     Headline: ``mean_auroc``, ``mean_average_precision``, ``mean_f1`` (means over the findings with test
     positives), ``auroc_covid19``, and the localisation scores. Tables: ``per_class`` (AUROC, AP, F1,
     sensitivity, specificity, threshold, positives), ``per_class_localisation`` and, as dicts of arrays for the
-    report's figures, ``gradcam`` and ``attention``: the first test radiograph's attention,
-    :func:`flexheads.tasks.evaluation.attention_record` with ``tokens`` ``"CLS"`` then ``r{row}c{col}`` per patch
-    (row-major), ``grid`` the patch grid ``(rows, cols)`` and ``image`` the uint8 radiograph ``(S, S)``.
+    report's bootstrap and figures, ``samples`` (per test image its ``scores`` float64 and ``labels`` uint8
+    ``(N, 15)``, and ``group``, :func:`patient_groups`), ``gradcam`` and ``attention``: the first test radiograph's
+    attention, :func:`flexheads.tasks.evaluation.attention_record` with ``tokens`` ``"CLS"`` then ``r{row}c{col}``
+    per patch (row-major), ``grid`` the patch grid ``(rows, cols)`` and ``image`` the uint8 radiograph ``(S, S)``.
     """
-    test = read_split(h5_path, "cxr", "test", ("images", "labels"), optional=("masks",))  # masks: synthetic only
+    test = read_split(h5_path, "cxr", "test", ("images", "labels"),
+                      optional=("masks", "patient_id", "source"))  # masks: synthetic only
     val = read_split(h5_path, "cxr", "val", ("images", "labels"))
     scores = predict(model, test["images"], batch_size, device)
     thresholds = classification.thresholds_max_f1(val["labels"], predict(model, val["images"], batch_size, device)) \
@@ -288,11 +307,28 @@ def evaluate(model: nn.Module, h5_path: Path, stats: dict[str, Any], batch_size:
     tables["attention"] = attention_record(model, _as_input(test["images"][:1]), device,
                                            tokens=["CLS", *grid_tokens(*model.config.grid)], grid=model.config.grid,
                                            image=test["images"][0])
+    tables["samples"] = {"scores": scores, "labels": test["labels"].astype(np.uint8), "group": patient_groups(test)}
     if "masks" in test:
         located, tables["per_class_localisation"], tables["gradcam"] = localisation(
             model, test["images"], test["labels"], test["masks"], batch_size, device, _as_input)
         headline |= located
     return headline, tables
+
+
+def patient_groups(split: Mapping[str, np.ndarray]) -> np.ndarray:
+    """int64 ``(N,)``: one id per patient (``source/patient_id``: the two sources number patients independently) of
+    a split read by ``read_split``, or per image when the file stores no patient ids.  A patient's images are
+    correlated, so the report's bootstrap resamples patients."""
+    if "patient_id" not in split:
+        return np.arange(len(split["labels"]), dtype=np.int64)
+    patients = np.char.add(np.char.add(split["source"].astype(str), "/"), split["patient_id"].astype(str))
+    return np.unique(patients, return_inverse=True)[1].astype(np.int64)
+
+
+def sample_metric(samples: Mapping[str, np.ndarray]) -> float:
+    """``mean_auroc`` (MAIN_METRIC) of rows of ``evaluate``'s ``samples`` (``scores`` and ``labels`` ``(N, 15)``):
+    the mean AUROC over the findings with both classes among the rows (NaN if none has)."""
+    return classification.mean_defined(classification.auroc_per_class(samples["labels"], samples["scores"], LABELS))
 
 
 REPORT_FIGURES = (  # (suffix, kind): figure cxr_<suffix>, drawn by the report's figure kind <kind>

@@ -7,10 +7,12 @@ Stage workers, each a function of its inputs and outputs:
   ``images/{train,val}2017/`` and ``annotations/person_keypoints_{train,val}2017.json``.
 * ``prepare``: one crop per annotated person, cut around its ground-truth box (top-down, as SimpleBaseline and
   HRNet evaluate with ground-truth boxes) → ``pose2d.h5`` + a JSON of statistics. Every image is decoded once here.
+  Groups: ``test`` = val2017 (COCO's labelled evaluation set; test-dev's labels are not public), ``val`` = the
+  train2017 images whose id hashes below ``data.pose2d.val_fraction``, ``train`` = the rest of train2017.
 * ``build_model``/``training_batches``/``validation``: the keypoint transformer, its step-indexed, augmented
-  batches, and the held-out AP of its validation curve.
-* ``evaluate``: COCO OKS AP/AR (pycocotools) on val2017, PCKh, PCK, PDJ, PCP, in image pixels, and the arrays of
-  the report's figures (attention maps of one crop, predicted and true keypoints of a few).
+  batches, and the validation split's AP of its validation curves (``val_AP``).
+* ``evaluate``: COCO OKS AP/AR (pycocotools) on the test group (val2017), PCKh, PCK, PDJ, PCP, in image pixels,
+  and the arrays of the report's figures (attention maps of one crop, predicted and true keypoints of a few).
 
 The crops' geometry (crop ↔ image pixels, its coordinate convention), their cutting and their augmentation are
 :mod:`flexheads.data.crops`; the h5 writer of ``prepare`` is :mod:`flexheads.data.pose2d_store`.
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Callable
 
@@ -32,11 +35,15 @@ from tqdm.auto import tqdm
 
 from flexheads.config import RunConfig
 from flexheads.data import synthetic_coco
-from flexheads.data.coco import KEYPOINT_NAMES, SKELETON, CocoFormatError, download_coco, load_person_keypoints
+from flexheads.data.coco import (
+    KEYPOINT_NAMES, SKELETON, CocoFormatError, PersonRecord, download_coco, load_person_keypoints,
+)
 from flexheads.data.crops import CROP_PADDING, FLIP_INDEX, apply_affine, as_input, augment, read_rgb
 from flexheads.data.pose2d_store import CropWriter, by_image
-from flexheads.data.prepared import open_prepared, read_split, seal
+from flexheads.data.prepared import open_prepared, read_split, require_validation_split, seal
+from flexheads.data.splits import held_out, require_held_out
 from flexheads.io import atomic_path, replace_with_symlink, write_json
+from flexheads.metrics import keypoint_ap
 from flexheads.metrics import pose2d as metrics
 from flexheads.models.config import encoder_config
 from flexheads.models.pose2d import KeypointPrediction, KeypointTransformer, Pose2DConfig, heatmap_targets
@@ -46,15 +53,18 @@ from flexheads.tasks.evaluation import (
     VALIDATION_SAMPLES, attention_record, evenly_spaced, grid_tokens, predict_batches,
 )
 
-SPLITS = {"train": "train2017", "val": "val2017"}  # h5 group → COCO split
+SPLITS = {"train": "train2017", "val": "train2017", "test": "val2017"}  # h5 group → the COCO split it is cut from
+COCO_SPLITS = ("train2017", "val2017")  # the splits download fetches
+VAL_SALT = "pose2d/val"  # salt of the image ids' hash (flexheads.data.splits); changing it moves the val split
 NAME = "pose2d"
 TITLE = "2D human pose estimation"
 MAIN_METRIC = "AP"  # higher is better
 MAIN_METRIC_UNIT = "OKS, 0–1"
+SAMPLE_GROUP = "images"  # samples.npz group: the COCO image id
 LOSS_LABEL = "training loss: L1 (crop units) + heatmap CE"  # what keypoint_loss computes, in its units
 COCO_ARCHIVES = ("annotations_trainval2017.zip", "train2017.zip", "val2017.zip")
 HEATMAP_LOSS_WEIGHT = 1.0  # cross-entropy of the heatmaps to Gaussian targets, next to the coordinates' L1
-EXAMPLE_CROPS = 6  # val crops of examples.npz, evenly spaced over the split
+EXAMPLE_CROPS = 6  # test crops of examples.npz, evenly spaced over the split
 
 
 # --- download -------------------------------------------------------------------------------------------------
@@ -74,7 +84,7 @@ def download(data: Pose2DData, out_dir: Path) -> dict[str, Path]:
                                        image_size=s.image_size, max_people=s.max_people, seed=s.seed)
     root = download_coco(Path(data.coco_dir), COCO_ARCHIVES)
     files = {}
-    for split in SPLITS.values():
+    for split in COCO_SPLITS:
         files[f"{split[:-4]}_images"] = replace_with_symlink(root / split, _image_dir(out_dir, split))
         annotations = f"person_keypoints_{split}.json"
         files[f"{split[:-4]}_annotations"] = replace_with_symlink(root / "annotations" / annotations,
@@ -96,39 +106,65 @@ def _annotation_json(raw_dir: Path, split: str) -> Path:
 def prepare(data: Pose2DData, raw_dir: Path, out_h5: Path, stats_json: Path) -> dict[str, Any]:
     """Cut one ``data.crop_size`` (H, W) crop per annotated person into ``out_h5``; statistics into ``stats_json``.
 
-    Groups ``train``/``val``, one row per person (crowds and people without a labelled keypoint are skipped):
-    ``images`` uint8 ``(N, H, W, 3)``; ``keypoints`` float32 ``(N, 17, 2)`` crop pixels (0 where unlabelled);
-    ``visible`` bool ``(N, 17)`` = COCO ``v > 0``; ``keypoints_image`` float32 ``(N, 17, 3)`` the annotation's
-    ``(x, y, v)``; ``affine`` float32 ``(N, 2, 3)`` crop → image; ``image_id``, ``annotation_id``, ``bbox``
-    ``(N, 4)`` and ``area``.  ``val/coco_gt_json`` holds the val annotation file's bytes (uint8), so evaluation
-    needs nothing outside the h5; the model takes its input size from the h5's ``crop_size`` attribute.
+    Groups ``train``/``val``/``test`` (``SPLITS``; :func:`split_records`), one row per person (crowds and people
+    without a labelled keypoint are skipped): ``images`` uint8 ``(N, H, W, 3)``; ``keypoints`` float32
+    ``(N, 17, 2)`` crop pixels (0 where unlabelled); ``visible`` bool ``(N, 17)`` = COCO ``v > 0``;
+    ``keypoints_image`` float32 ``(N, 17, 3)`` the annotation's ``(x, y, v)``; ``affine`` float32 ``(N, 2, 3)``
+    crop → image; ``image_id``, ``annotation_id``, ``bbox`` ``(N, 4)`` and ``area``.  ``val/coco_gt_json`` and
+    ``test/coco_gt_json`` hold the COCO annotation file of their images (uint8 bytes: train2017's cut to the val
+    images, val2017's whole), so validation and evaluation need nothing outside the h5; the model takes its input
+    size from the h5's ``crop_size`` attribute.
     """
     raw_dir = Path(raw_dir)
     crop_size = tuple(data.crop_size)
     stats: dict[str, Any] = {"source": data.source, "crop_size": list(crop_size), "padding": CROP_PADDING,
-                             "splits": {}}  # fmt: skip
+                             "val_fraction": data.val_fraction, "splits": {}}  # fmt: skip
     with atomic_path(out_h5) as tmp, h5py.File(tmp, "w") as h5:
         h5.attrs["keypoint_names"] = list(KEYPOINT_NAMES)
         h5.attrs["crop_size"] = crop_size
-        for group_name, split in SPLITS.items():
-            annotation_json = _annotation_json(raw_dir, split)
-            records = load_person_keypoints(annotation_json, _image_dir(raw_dir, split))
-            if not records:
-                raise CocoFormatError(f"{annotation_json}: no person with a labelled keypoint to crop")
+        for group_name, (records, gt_bytes) in split_records(raw_dir, data.val_fraction).items():
             group = h5.create_group(group_name)
             writer = CropWriter(group, crop_size)
+            image_dir = _image_dir(raw_dir, SPLITS[group_name])
             for image_records in tqdm(by_image(records), desc=f"prepare {group_name}", unit="image", disable=None):
                 first = image_records[0]
-                image = read_rgb(_image_dir(raw_dir, split) / first.file_name, first.image_size)
+                image = read_rgb(image_dir / first.file_name, first.image_size)
                 for record in image_records:
                     writer.append(image, record)
             stats["splits"][group_name] = writer.close()
-            if group_name == "val":
-                group.create_dataset("coco_gt_json", data=np.frombuffer(annotation_json.read_bytes(), np.uint8),
-                                     compression="gzip")
+            if gt_bytes is not None:
+                group.create_dataset("coco_gt_json", data=np.frombuffer(gt_bytes, np.uint8), compression="gzip")
         stats["content_sha256"] = seal(h5, "pose2d")  # checkpoints resume only on this content
     write_json(stats_json, stats)
     return stats
+
+
+def split_records(raw_dir: Path, val_fraction: float) -> dict[str, tuple[list[PersonRecord], bytes | None]]:
+    """Each h5 group's person records (file order) and the COCO annotation file its evaluation reads (None: train).
+
+    ``test``: val2017's people and annotation file; ``val``: the people of the train2017 images whose id is
+    :func:`flexheads.data.splits.held_out` with ``val_fraction`` (salt ``VAL_SALT``), train2017's annotation
+    file cut to those images; ``train``: the people of the other train2017 images.  ``ParamsError`` naming
+    ``data.pose2d.val_fraction`` when it holds out no image (or every image) of train2017.
+    """
+    loaded = {}
+    for split in COCO_SPLITS:
+        annotation_json = _annotation_json(raw_dir, split)
+        loaded[split] = load_person_keypoints(annotation_json, _image_dir(raw_dir, split))
+        if not loaded[split]:
+            raise CocoFormatError(f"{annotation_json}: no person with a labelled keypoint to crop")
+    pool = loaded[SPLITS["train"]]
+    images = {str(record.image_id) for record in pool}
+    held = held_out(images, val_fraction, VAL_SALT)
+    require_held_out(held, len(images), val_fraction, "data.pose2d.val_fraction", "train2017 images with people",
+                     "data.pose2d.synthetic.n_train_images (synthetic data)")
+    val = [record for record in pool if str(record.image_id) in held]
+    train_gt = _annotation_json(raw_dir, SPLITS["val"]).read_bytes()
+    return {
+        "train": ([record for record in pool if str(record.image_id) not in held], None),
+        "val": (val, _coco_subset(train_gt, np.array([record.image_id for record in val]))),
+        "test": (loaded[SPLITS["test"]], _annotation_json(raw_dir, SPLITS["test"]).read_bytes()),
+    }
 
 
 # --- training -------------------------------------------------------------------------------------------------
@@ -277,15 +313,17 @@ def _coco_subset(gt_bytes: bytes, image_ids: np.ndarray) -> bytes:
 
 
 def validation(h5_path: Path, config: RunConfig) -> Callable[[nn.Module, torch.device], float]:
-    """The validation curve's metric: COCO ``AP`` (as :func:`evaluate` computes it, flip test as configured) of
-    the people of the first val2017 images, whole images, at most ``VALIDATION_SAMPLES`` crops.
+    """The validation curves' metric (``val_AP``): COCO ``AP`` (as :func:`evaluate` computes it, flip test as
+    configured) of the people of the first images of the validation split, whole images, at most
+    ``VALIDATION_SAMPLES`` crops.
 
-    pose2d.h5 has no validation split: evaluation scores val2017 as the test set (COCO's test-dev labels are
-    not public) and holding train2017 images out would change what every run learns from.  So the curve
-    scores a fixed subset of val2017, whole images so that COCOeval sees every labelled person of each (COCO's
-    image order is unrelated to content).  It only draws curves: nothing is chosen on it (no early stopping,
-    no checkpoint selection).  The subset's crops and annotations are read once, here.
+    The validation split is the ``data.pose2d.val_fraction`` of the train2017 images held out by image-id hash
+    (:func:`split_records`): never trained on, and disjoint from val2017, which evaluation scores as the test set
+    (COCO's test-dev labels are not public), so choosing a regime or a step from the curves does not tune on
+    test.  Whole images, so that COCOeval sees every labelled person of each (COCO's image order is unrelated to
+    content).  The subset's crops and annotations are read once, here.
     """
+    require_validation_split(h5_path, "pose2d", "image_id")
     with open_prepared(h5_path, "pose2d") as h5:
         val = h5["val"]
         n = _first_images(val["image_id"][:], VALIDATION_SAMPLES)
@@ -302,7 +340,8 @@ def validation(h5_path: Path, config: RunConfig) -> Callable[[nn.Module, torch.d
 
 def evaluate(model: nn.Module, h5_path: Path, stats: dict[str, Any], batch_size: int,
              device: torch.device) -> tuple[dict[str, float], dict[str, Any]]:
-    """Metrics on the val crops, in original image pixels (each prediction mapped back with its crop's affine).
+    """Metrics on the test crops (val2017, the ``test`` group), in original image pixels (each prediction mapped
+    back with its crop's affine).
 
     Flip test follows the model's stored config (``train.pose2d.flip_test`` of its run), so a checkpoint is
     always evaluated as it was configured. Headline: COCOeval's ten OKS stats (``AP`` ... ``ARl``; one detection
@@ -312,34 +351,36 @@ def evaluate(model: nn.Module, h5_path: Path, stats: dict[str, Any], batch_size:
     must beat. Tables: ``per_joint`` (PCK, PCKh, PDJ) and ``per_limb`` (PCP), and two dicts of arrays for the
     report's figures, the same crops for every run:
 
-    * ``attention``: the first val crop's encoder self-attention,
+    * ``attention``: the first test crop's encoder self-attention,
       :func:`flexheads.tasks.evaluation.attention_record` with ``tokens`` ``r{row}c{col}`` of the feature grid
       (row-major, no extra tokens), ``grid`` ``(rows, cols)`` and ``image`` the uint8 crop ``(H, W, 3)`` as the
       model sees it (unflipped);
-    * ``examples``: ``EXAMPLE_CROPS`` = K val crops evenly spaced over the split: ``images`` uint8
+    * ``examples``: ``EXAMPLE_CROPS`` = K test crops evenly spaced over the split: ``images`` uint8
       ``(K, H, W, 3)``, ``pred`` (as evaluated) and ``target`` float32 ``(K, 17, 2)`` crop pixels ``(x, y)``
       (target 0 where unlabelled), ``visible`` bool ``(K, 17)`` (labelled), ``joint_names`` str ``(17,)``,
-      ``skeleton`` int64 ``(E, 2)`` COCO's limbs as 0-based keypoint indices.
+      ``skeleton`` int64 ``(E, 2)`` COCO's limbs as 0-based keypoint indices;
+    * ``samples``: every person's OKS, score and image id (:func:`per_person_samples`), which
+      :func:`sample_metric` turns back into ``AP`` for the report's bootstrap.
     """
-    val = read_split(h5_path, "pose2d", "val", ("images", "keypoints", "visible", "keypoints_image", "affine",
-                                                 "image_id", "bbox", "coco_gt_json"))
-    gt_bytes = val["coco_gt_json"].tobytes()
-    height, width = val["images"].shape[1:3]
+    test = read_split(h5_path, "pose2d", "test", ("images", "keypoints", "visible", "keypoints_image", "affine",
+                                                  "image_id", "annotation_id", "bbox", "coco_gt_json"))
+    gt_bytes = test["coco_gt_json"].tobytes()
+    height, width = test["images"].shape[1:3]
     to_pixels = np.array([width, height])
-    affine = val["affine"].astype(np.float64)
-    gt = val["keypoints_image"][..., :2].astype(np.float64)
-    visible = val["keypoints_image"][..., 2] > 0
+    affine = test["affine"].astype(np.float64)
+    gt = test["keypoints_image"][..., :2].astype(np.float64)
+    visible = test["keypoints_image"][..., 2] > 0
 
-    crop_pred, probabilities = predict_crop_pixels(model, val["images"], batch_size, device)
+    crop_pred, probabilities = predict_crop_pixels(model, test["images"], batch_size, device)
     pred = apply_affine(affine, crop_pred)
     mean_pose = np.asarray(stats["splits"]["train"]["keypoints_mean"], dtype=np.float64)
     mean_pred = apply_affine(affine, np.broadcast_to(mean_pose * to_pixels, gt.shape))
     head_size = metrics.head_size_from_keypoints(gt, visible)
 
-    ap = model_coco_stats(gt_bytes, val["image_id"], pred, probabilities)
-    mean_pose_ap = coco_ap(gt_bytes, val["image_id"], mean_pred, np.ones(len(gt)))["AP"]
+    ap = model_coco_stats(gt_bytes, test["image_id"], pred, probabilities)
+    mean_pose_ap = coco_ap(gt_bytes, test["image_id"], mean_pred, np.ones(len(gt)))["AP"]
 
-    pck = metrics.pck(pred, gt, visible, metrics.bbox_diagonal(val["bbox"]), alpha=0.2)
+    pck = metrics.pck(pred, gt, visible, metrics.bbox_diagonal(test["bbox"]), alpha=0.2)
     pckh = metrics.pckh(pred, gt, visible, head_size, alpha=0.5)
     pdj = metrics.pdj(pred, gt, visible, alpha=0.2)
     pcp = metrics.pcp(pred, gt, visible, alpha=0.5)
@@ -351,8 +392,8 @@ def evaluate(model: nn.Module, h5_path: Path, stats: dict[str, Any], batch_size:
         "pcp50": pcp["overall"],
         "mean_pose_ap": mean_pose_ap,
         "mean_pose_pckh": metrics.pckh(mean_pred, gt, visible, head_size, alpha=0.5)["overall"],
-        "val_persons": int(len(gt)),
-        "val_images": int(len(np.unique(val["image_id"]))),
+        "test_persons": int(len(gt)),
+        "test_images": int(len(np.unique(test["image_id"]))),
     }
     per_joint = pd.DataFrame({
         "keypoint": KEYPOINT_NAMES, "pck20": pck["per_joint"], "pckh50": pckh["per_joint"],
@@ -361,13 +402,35 @@ def evaluate(model: nn.Module, h5_path: Path, stats: dict[str, Any], batch_size:
     per_limb = pd.DataFrame({"limb": list(pcp["per_limb"]), "pcp50": list(pcp["per_limb"].values())})
     shown = evenly_spaced(len(gt), EXAMPLE_CROPS)
     examples = {
-        "images": val["images"][shown], "pred": crop_pred[shown].astype(np.float32),
-        "target": val["keypoints"][shown].astype(np.float32), "visible": val["visible"][shown],
+        "images": test["images"][shown], "pred": crop_pred[shown].astype(np.float32),
+        "target": test["keypoints"][shown].astype(np.float32), "visible": test["visible"][shown],
         "joint_names": np.asarray(KEYPOINT_NAMES, dtype=str), "skeleton": np.asarray(SKELETON, dtype=np.int64) - 1,
     }
-    attention = attention_record(model, as_input(val["images"][:1]), device, tokens=grid_tokens(*model.config.grid),
-                                 grid=model.config.grid, image=val["images"][0])
-    return headline, {"per_joint": per_joint, "per_limb": per_limb, "examples": examples, "attention": attention}
+    attention = attention_record(model, as_input(test["images"][:1]), device, tokens=grid_tokens(*model.config.grid),
+                                 grid=model.config.grid, image=test["images"][0])
+    samples = per_person_samples(gt_bytes, test["annotation_id"], test["image_id"], pred, probabilities)
+    return headline, {"per_joint": per_joint, "per_limb": per_limb, "examples": examples, "attention": attention,
+                      "samples": samples}
+
+
+def per_person_samples(gt_bytes: bytes, annotation_ids: np.ndarray, image_ids: np.ndarray, pred: np.ndarray,
+                       confidences: np.ndarray) -> dict[str, np.ndarray]:
+    """``samples.npz`` (one row per evaluated person, one detection each): ``oks`` float64, the OKS of the
+    prediction ``pred`` (image pixels) with its own annotation, whose keypoints and area are read from the COCO file
+    ``gt_bytes`` as COCOeval reads them; ``score`` float64, the detection's score as :func:`model_coco_stats` gives
+    it (mean keypoint confidence); ``group`` int64, the image id (the report's bootstrap resamples whole images)."""
+    annotations = {a["id"]: a for a in json.loads(gt_bytes)["annotations"]}
+    own = [annotations[int(i)] for i in annotation_ids]
+    labels = np.array([a["keypoints"] for a in own], dtype=np.float64).reshape(len(own), len(KEYPOINT_NAMES), 3)
+    oks = keypoint_ap.object_keypoint_similarity(pred, labels[..., :2], labels[..., 2] > 0,
+                                                 np.array([a["area"] for a in own], dtype=np.float64))
+    return {"oks": oks, "score": confidences.mean(-1), "group": np.asarray(image_ids, dtype=np.int64)}
+
+
+def sample_metric(samples: Mapping[str, np.ndarray]) -> float:
+    """``AP`` (MAIN_METRIC) of rows of :func:`per_person_samples`:
+    :func:`flexheads.metrics.keypoint_ap.keypoint_ap`, COCOeval's AP of one detection per person."""
+    return keypoint_ap.keypoint_ap(samples["oks"], samples["score"], samples["group"])
 
 
 REPORT_FIGURES = (  # (suffix, kind): figure pose2d_<suffix>, drawn by the report's figure kind <kind>

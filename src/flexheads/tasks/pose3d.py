@@ -4,10 +4,13 @@ Stage workers, each a function of its inputs and outputs:
 
 * ``download``: synthetic default → generate VideoPose3D npz files; ``h36m`` → check the user's licensed
   files and link them in (Human3.6M cannot be downloaded without a licence).
-* ``prepare``: npz → ``pose3d.h5`` (``train``/``test`` groups, one row per frame and camera: normalised 2D,
-  root-relative 3D in camera coordinates, subject, action, camera, frame, chunk) + a JSON of statistics.
+* ``prepare``: npz → ``pose3d.h5`` (``train``/``val``/``test`` groups, one row per frame and camera: normalised 2D,
+  root-relative 3D in camera coordinates, subject, action, camera, frame, chunk) + a JSON of statistics.  Test is
+  the protocol's S9 and S11; val is the sequences of the training subjects (S1, S5-S8) whose hash falls below
+  ``data.pose3d.val_fraction`` (all cameras of a sequence together); train the rest, and only train gives the
+  normalisation statistics.
 * ``build_model``/``training_batches``/``validation``: the lifter and its step-indexed batches for
-  ``flexheads.train.fit``, and the held-out MPJPE of its validation curve.
+  ``flexheads.train.fit``, and the validation split's MPJPE of its validation curves (``val_mpjpe``).
 * ``evaluate``: MPJPE / P-MPJPE / N-MPJPE / MPJVE / 3DPCK / AUC / MJAE in mm, per action and per joint, and the
   arrays of the report's figures (attention maps of one test frame, predicted and true skeletons).
 """
@@ -16,7 +19,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -30,7 +33,8 @@ from tqdm.auto import tqdm
 
 from flexheads.config import ParamsError, RunConfig
 from flexheads.data import h36m, synthetic_h36m
-from flexheads.data.prepared import open_prepared, read_split, seal
+from flexheads.data.prepared import open_prepared, read_split, require_validation_split, seal
+from flexheads.data.splits import held_out, require_held_out
 from flexheads.io import atomic_path, write_json
 from flexheads.metrics import pose3d as metrics
 from flexheads.models.baselines import MartinezConfig, MartinezMLP
@@ -39,11 +43,13 @@ from flexheads.models.lifter import LifterConfig, PoseLifter, mpjpe_loss
 from flexheads.tasks.settings.pose3d import SETTINGS, Pose3DData  # noqa: F401  (SETTINGS: a Task member)
 from flexheads.tasks.evaluation import VALIDATION_SAMPLES, attention_record, evenly_spaced, predict_batches
 
-SPLITS = {"train": h36m.TRAIN_SUBJECTS, "test": h36m.TEST_SUBJECTS}
+SPLITS = ("train", "val", "test")  # h5 groups: val and train share the training subjects, test is S9, S11
+VAL_SALT = "pose3d/val"  # salt of the sequences' hash (flexheads.data.splits); changing it moves the val split
 NAME = "pose3d"
 TITLE = "3D human pose lifting"
 MAIN_METRIC = "mpjpe"  # lower is better
 MAIN_METRIC_UNIT = "mm"
+SAMPLE_GROUP = "sequences (subject × action sequence × camera)"  # samples.npz group: the chunk
 LOSS_LABEL = "training loss: MPJPE (m)"  # what mpjpe_loss computes, in its units
 EXAMPLE_FRAMES = 4  # test frames of examples.npz, evenly spaced over the split
 
@@ -100,34 +106,53 @@ def prepare(data: Pose3DData, raw_dir: Path, out_h5: Path, stats_json: Path) -> 
     files = _raw_files(raw_dir, data.keypoints)
     positions_3d = h36m.load_positions_3d(files["3d"])
     positions_2d, _ = h36m.load_positions_2d(files["2d"])
-    for subjects in SPLITS.values():
-        h36m.check_subjects(positions_3d, subjects, files["3d"])
+    h36m.check_subjects(positions_3d, (*h36m.TRAIN_SUBJECTS, *h36m.TEST_SUBJECTS), files["3d"])
     keypoints_2d = h36m.align_2d_to_3d(positions_3d, positions_2d, files["2d"])
 
-    stats: dict[str, Any] = {"source": data.source, "keypoints": data.keypoints, "splits": {}}
+    stats: dict[str, Any] = {"source": data.source, "keypoints": data.keypoints, "val_fraction": data.val_fraction,
+                             "splits": {}}  # fmt: skip
     with atomic_path(out_h5) as tmp, h5py.File(tmp, "w") as h5:
         h5.attrs["joint_names"] = list(h36m.JOINT_NAMES)
         h5.attrs["parents"] = list(h36m.PARENTS)
         chunk = 0
-        for split, subjects in SPLITS.items():
+        for split, sequences in split_sequences(positions_3d, data.val_fraction).items():
             writer = _RowWriter(h5.create_group(split))
-            for subject in tqdm(subjects, desc=f"prepare {split}", unit="subject", disable=None):
-                for sequence in sorted(positions_3d[subject]):
-                    world = h36m.select_joints(positions_3d[subject][sequence])  # (T, 17, 3)
-                    for c, camera in enumerate(h36m.cameras(subject)):
-                        in_camera = h36m.world_to_camera(world, camera["orientation"], camera["translation"])
-                        writer.append(
-                            keypoints_2d=h36m.normalize_screen_coordinates(
-                                keypoints_2d[subject][sequence][c], camera["res_w"], camera["res_h"]
-                            ),
-                            pose_3d=in_camera - in_camera[:, :1],
-                            subject=subject, action=h36m.action_label(sequence), camera=c, chunk=chunk,
-                        )
-                        chunk += 1
+            for subject, sequence in tqdm(sequences, desc=f"prepare {split}", unit="sequence", disable=None):
+                world = h36m.select_joints(positions_3d[subject][sequence])  # (T, 17, 3)
+                for c, camera in enumerate(h36m.cameras(subject)):
+                    in_camera = h36m.world_to_camera(world, camera["orientation"], camera["translation"])
+                    writer.append(
+                        keypoints_2d=h36m.normalize_screen_coordinates(
+                            keypoints_2d[subject][sequence][c], camera["res_w"], camera["res_h"]
+                        ),
+                        pose_3d=in_camera - in_camera[:, :1],
+                        subject=subject, action=h36m.action_label(sequence), camera=c, chunk=chunk,
+                    )
+                    chunk += 1
             stats["splits"][split] = writer.summary()
         stats["content_sha256"] = seal(h5, "pose3d")  # checkpoints resume only on this content
     write_json(stats_json, stats)
     return stats
+
+
+def split_sequences(positions_3d: dict[str, dict[str, Any]], val_fraction: float) -> dict[str, list[tuple[str, str]]]:
+    """The ``(subject, sequence)`` pairs of each h5 group (``SPLITS``), in subject then sequence-name order.
+
+    ``test``: every sequence of ``h36m.TEST_SUBJECTS``; ``val``: the sequences of ``h36m.TRAIN_SUBJECTS`` whose
+    ``"<subject>/<sequence>"`` is :func:`flexheads.data.splits.held_out` with ``val_fraction`` (salt ``VAL_SALT``),
+    so a sequence's cameras stay together; ``train``: the other sequences of the training subjects.
+    ``ParamsError`` naming ``data.pose3d.val_fraction`` when ``val_fraction`` > 0 holds out nothing.
+    """
+    pool = [(subject, sequence) for subject in h36m.TRAIN_SUBJECTS for sequence in sorted(positions_3d[subject])]
+    held = held_out((f"{subject}/{sequence}" for subject, sequence in pool), val_fraction, VAL_SALT)
+    require_held_out(held, len(pool), val_fraction, "data.pose3d.val_fraction", "sequences of the training subjects",
+                     "data.pose3d.synthetic.sequences_per_action (synthetic data)")
+    is_val = [f"{subject}/{sequence}" in held for subject, sequence in pool]
+    return {
+        "train": [pair for pair, val in zip(pool, is_val) if not val],
+        "val": [pair for pair, val in zip(pool, is_val) if val],
+        "test": [(subject, sequence) for subject in h36m.TEST_SUBJECTS for sequence in sorted(positions_3d[subject])],
+    }
 
 
 class _RowWriter:
@@ -278,19 +303,21 @@ def per_action_errors(pred: np.ndarray, gt: np.ndarray, action: np.ndarray) -> p
 
 
 def validation(h5_path: Path, config: RunConfig) -> Callable[[nn.Module, torch.device], float]:
-    """The validation curve's metric: ``mpjpe`` (mm, mean over actions, as :func:`evaluate` computes it) of
-    ``VALIDATION_SAMPLES`` test frames evenly spaced over the test split, for the lifter and the MLP baseline.
+    """The validation curves' metric (``val_mpjpe``): ``mpjpe`` (mm, mean over actions, as :func:`evaluate`
+    computes it) of ``VALIDATION_SAMPLES`` frames evenly spaced over the validation split, for the lifter and the
+    MLP baseline.
 
-    pose3d.h5 has no validation split: the Human3.6M protocol trains on every frame of S1, S5-S8 and tests on S9
-    and S11, and holding training frames out would change what every run learns from.  So the curve scores a
-    fixed subset of the test split, spread over its subjects, actions and cameras.  It only draws curves:
-    nothing is chosen on it (no early stopping, no checkpoint selection), so the test numbers stay unbiased.
-    The 2D windows of the subset are cut once, here; the test split is not kept in memory.
+    The validation split is the ``data.pose3d.val_fraction`` of the training subjects' sequences (S1, S5-S8) held
+    out by hash, every camera of a sequence with it (:func:`split_sequences`): never trained on, and disjoint from
+    the test subjects S9 and S11, so choosing a regime or a step from the curves does not tune on test.  The
+    protocol's test numbers therefore come from models trained on ~90% of its training frames.  The 2D windows of
+    the subset are cut once, here; the validation split is not kept in memory.
     """
-    test = Split.load(h5_path, "test")
-    rows = evenly_spaced(len(test.pose_3d), VALIDATION_SAMPLES)
-    windows, action = test.windows(rows, config.model.window), test.action[rows]
-    gt = test.pose_3d[rows].astype(np.float64) * 1000.0
+    require_validation_split(h5_path, "pose3d", "pose_3d")
+    val = Split.load(h5_path, "val")
+    rows = evenly_spaced(len(val.pose_3d), VALIDATION_SAMPLES)
+    windows, action = val.windows(rows, config.model.window), val.action[rows]
+    gt = val.pose_3d[rows].astype(np.float64) * 1000.0
     batch_size = config.train.eval_batch_size
 
     def validate(model: nn.Module, device: torch.device) -> float:
@@ -299,6 +326,21 @@ def validation(h5_path: Path, config: RunConfig) -> Callable[[nn.Module, torch.d
         return float(per_action_errors(pred, gt, action)["mpjpe"].mean())
 
     return validate
+
+
+def per_frame_samples(pred: np.ndarray, gt: np.ndarray, test: Split) -> dict[str, np.ndarray]:
+    """``samples.npz`` (one row per test frame): ``mpjpe`` float64, the frame's MPJPE in mm (mean over the 17
+    joints); ``action`` int64, its index in the sorted action names; ``group`` int64, its chunk (subject ×
+    sequence × camera): a sequence's frames are correlated, so the report's bootstrap resamples whole chunks."""
+    _, action = np.unique(test.action, return_inverse=True)
+    return {"mpjpe": metrics.per_joint_error(pred, gt).mean(-1), "action": action.astype(np.int64),
+            "group": test.chunk.astype(np.int64)}
+
+
+def sample_metric(samples: Mapping[str, np.ndarray]) -> float:
+    """``mpjpe`` (MAIN_METRIC, mm) of rows of :func:`per_frame_samples`: the unweighted mean over the actions present
+    of their frames' mean MPJPE (:func:`flexheads.metrics.pose3d.mean_over_groups`)."""
+    return metrics.mean_over_groups(samples["mpjpe"], samples["action"])
 
 
 def _input_pixels(h5_path: Path, split: str, row: int, keypoints_2d: np.ndarray) -> np.ndarray:
@@ -323,7 +365,9 @@ def evaluate(model: nn.Module, h5_path: Path, stats: dict[str, Any], batch_size:
       and ``image`` its 2D input keypoints float32 ``(17, 2)`` in pixels (the centre frame of a window);
     * ``examples``: ``EXAMPLE_FRAMES`` = K test frames evenly spaced over the split: ``pred`` and ``target``
       float32 ``(K, 17, 3)`` root-relative in mm (as evaluated), ``joint_names`` str ``(17,)``, ``parents`` int64
-      ``(17,)`` (-1 for the root), ``actions`` str ``(K,)``.
+      ``(17,)`` (-1 for the root), ``actions`` str ``(K,)``;
+    * ``samples``: every test frame's MPJPE, action and chunk (:func:`per_frame_samples`), which
+      :func:`sample_metric` turns back into ``mpjpe`` for the report's bootstrap.
 
     ``mean_pose_mpjpe`` is the reference of predicting the mean training pose for every frame.
     """
@@ -356,6 +400,7 @@ def evaluate(model: nn.Module, h5_path: Path, stats: dict[str, Any], batch_size:
         "joint_names": np.asarray(h36m.JOINT_NAMES, dtype=str), "parents": np.asarray(h36m.PARENTS, dtype=np.int64),
         "actions": test.action[shown],
     }}
+    tables["samples"] = per_frame_samples(pred, gt, test)
     first = np.array([0])
     attention = attention_record(
         model, torch.from_numpy(test.windows(first, model.config.window)), device, tokens=h36m.JOINT_NAMES,

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Literal
 
 from flexheads.config import EncoderSettings, NonNegativeInt, PositiveInt, Probability, Section, TrainSettings
+from flexheads.data.splits import check_val_fraction
 from flexheads.tasks.base import TaskSettings
 
 
@@ -44,16 +45,18 @@ class CxrData(Section):
     nih_dir: str = "data/external/chestxray14"  # download cache of the 12 image archives and the CSV/split files
     covid_dir: str = "data/external/covid-chestxray-dataset"  # the COVID-19 source (metadata.csv + images/)
     include_covid: bool = True  # add the COVID-19 source's frontal X-rays (COVID-19 → label 15, others mapped)
-    val_fraction: Probability = 0.1  # patients of train_val held out for validation (threshold choice)
+    val_fraction: Probability = 0.1  # train_val patients held out for validation (curves, F1 thresholds)
     folder: CxrFolder = CxrFolder()
     synthetic: SyntheticCxr = SyntheticCxr()
 
 
 def check(model: CxrModel, train: CxrTrain, data: CxrData) -> None:
-    """The ViT's patches must tile the prepared radiographs."""
+    """The ViT's patches must tile the prepared radiographs; validation curves need a validation split
+    (:func:`flexheads.data.splits.check_val_fraction`; without one, F1 thresholds fall back to 0.5)."""
     if data.image_size % model.patch_size:
         raise ValueError(f"model.cxr.patch_size ({model.patch_size}) must divide data.cxr.image_size "
                          f"({data.image_size})")
+    check_val_fraction("cxr", data.val_fraction, train.eval_every)
 
 
 SETTINGS = TaskSettings(model=CxrModel, train=CxrTrain, data=CxrData, check=check)

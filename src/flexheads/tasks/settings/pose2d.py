@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 
-from flexheads.config import EncoderSettings, NonNegativeInt, PositiveFloat, PositiveInt, Section, TrainSettings
+from flexheads.config import (EncoderSettings, Heads, NonNegativeInt, PositiveFloat, PositiveInt, Probability,
+                              RunNamePart, Section, TrainSettings, default_heads)
+from flexheads.data.splits import check_val_fraction
 from flexheads.tasks.base import TaskSettings
 
 
@@ -17,7 +19,7 @@ class Pose2DModel(EncoderSettings):
     backbone_stride: Literal[4, 8, 16] = 8  # 4: the trunk stops after layer1, 8: after layer2, 16: after layer3
     trunk_width: PositiveInt = 16  # base channels of the trunk (conv1, layer1; ×2 per later stage); 64: torchvision's
     d_model: PositiveInt = 32
-    n_heads: PositiveInt = 4
+    heads: dict[RunNamePart, Heads] = Field(default_factory=lambda: default_heads(32, 4, 32))
     d_ff: PositiveInt = 64
     n_layers: PositiveInt = 2
 
@@ -56,7 +58,13 @@ class Pose2DData(Section):
     source: Literal["synthetic", "coco"] = "synthetic"
     coco_dir: str = "data/external/coco"  # download cache of the official archives (source: coco)
     crop_size: tuple[PositiveInt, PositiveInt] = (64, 48)  # person crop height, width (COCO's 4:3 aspect)
+    val_fraction: Probability = 0.1  # train2017 images held out for validation curves (val2017 is the test set)
     synthetic: SyntheticPose2D = SyntheticPose2D()
 
 
-SETTINGS = TaskSettings(model=Pose2DModel, train=Pose2DTrain, data=Pose2DData)
+def check(model: Pose2DModel, train: Pose2DTrain, data: Pose2DData) -> None:
+    """Validation curves need a validation split (:func:`flexheads.data.splits.check_val_fraction`)."""
+    check_val_fraction("pose2d", data.val_fraction, train.eval_every)
+
+
+SETTINGS = TaskSettings(model=Pose2DModel, train=Pose2DTrain, data=Pose2DData, check=check)

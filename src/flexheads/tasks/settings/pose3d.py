@@ -9,6 +9,7 @@ from pydantic import field_validator
 
 from flexheads.config import (EncoderSettings, NonNegativeFloat, NonNegativeInt, PositiveInt, Probability, Section,
                               TrainSettings)
+from flexheads.data.splits import check_val_fraction
 from flexheads.tasks.base import TaskSettings
 
 
@@ -47,7 +48,13 @@ class Pose3DData(Section):
     source: Literal["synthetic", "h36m"] = "synthetic"
     h36m_dir: str = "data/external/h36m"  # user-supplied VideoPose3D npz files (source: h36m)
     keypoints: str = "gt"  # 2D file data_2d_h36m_<keypoints>.npz: gt, cpn_ft_h36m_dbb, synthetic_det
+    val_fraction: Probability = 0.1  # training subjects' sequences (all cameras) held out for validation curves
     synthetic: SyntheticPose3D = SyntheticPose3D()
 
 
-SETTINGS = TaskSettings(model=Pose3DModel, train=Pose3DTrain, data=Pose3DData)
+def check(model: Pose3DModel, train: Pose3DTrain, data: Pose3DData) -> None:
+    """Validation curves need a validation split (:func:`flexheads.data.splits.check_val_fraction`)."""
+    check_val_fraction("pose3d", data.val_fraction, train.eval_every)
+
+
+SETTINGS = TaskSettings(model=Pose3DModel, train=Pose3DTrain, data=Pose3DData, check=check)

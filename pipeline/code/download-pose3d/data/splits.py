@@ -1,0 +1,1 @@
+../../../../src/flexheads/data/splits.py

@@ -1,0 +1,1 @@
+../../../../src/flexheads/metrics/keypoint_ap.py

@@ -1,0 +1,1 @@
+../../../../src/flexheads/report/uncertainty.py
