@@ -129,20 +129,24 @@ MALFORMED = {
     "unknown nested key": (_set("model.pose3d.d_modle", 64), ["model.pose3d.d_modle: unknown key"]),
     "wrong type": (_set("train.pose3d.steps", "many"), ["train.pose3d.steps:", "valid integer", "(got 'many')"]),
     "zero head width": (
-        _set("model.pose3d.heads.flexible.d_head", 0),
-        ["model.pose3d.heads.flexible.d_head:", "greater than 0", "(got 0)"],
+        _set("heads.pose3d.flexible.d_head", 0),
+        ["heads.pose3d.flexible.d_head:", "greater than 0", "(got 0)"],
     ),
     "n_heads does not divide d_model": (
-        _set("model.pose3d.heads.standard.n_heads", 7),
-        ["model.pose3d:", "heads.standard", "n_heads (7)", "d_model (64)"],
+        _set("heads.pose3d.standard.n_heads", 7),
+        ["heads.pose3d.standard: n_heads (7) must divide model.pose3d.d_model (64)"],
     ),
     "head configuration not defined": (
         _set("experiment.attention", ["standard", "wide"]),
-        ["experiment.attention", "['wide']", "model.pose3d.heads"],
+        ["experiment.attention", "['wide']", "heads.pose3d"],
     ),
     "head configuration name": (
-        _set("model.pose3d.heads", {"std-8": {"n_heads": 8}}),
-        ["model.pose3d.heads.std-8", "letters, digits and '_' only"],
+        _set("heads.pose3d", {"std-8": {"n_heads": 8}}),
+        ["heads.pose3d.std-8", "letters, digits and '_' only"],
+    ),
+    "heads of an unknown task": (
+        _set("heads.pose4d", {"standard": {"n_heads": 8}}),
+        ["heads.pose4d", "pose4d"],
     ),
     "unknown regime in matrix": (
         _add_regime_to_matrix,
@@ -260,7 +264,7 @@ def params() -> Params:
 
 
 def test_head_shape_of_each_configuration(params: Params) -> None:
-    heads, d_model = raw_params()["model"]["pose3d"]["heads"], raw_params()["model"]["pose3d"]["d_model"]
+    heads, d_model = raw_params()["heads"]["pose3d"], raw_params()["model"]["pose3d"]["d_model"]
     standard = heads["standard"]["n_heads"]
     assert params.run_config(Run("pose3d", "standard", "noam")).head_shape == (standard, d_model // standard)
     for name in ("flexible", "flexible_matched"):
@@ -304,6 +308,15 @@ def test_hash_is_stable(params: Params, tmp_path: Path) -> None:
     assert params_hash({"b": 1, "a": [2, 3]}) == params_hash({"a": [2, 3], "b": 1})  # key order is irrelevant
 
 
+def test_hash_changes_with_one_head_configuration_only_for_its_runs(params: Params) -> None:
+    raw = raw_params()
+    raw["heads"]["pose3d"]["flexible"]["d_head"] += 8
+    changed = Params.model_validate(raw)
+    for run in params.runs():
+        moved = changed.run_config(run).hash() != params.run_config(run).hash()
+        assert moved == (run.task == "pose3d" and run.attention == "flexible"), run.name
+
+
 def test_hash_changes_with_one_regime_value_only_for_that_regime(params: Params) -> None:
     raw = raw_params()
     raw["regimes"]["noam"]["warmup"] += 1
@@ -330,12 +343,10 @@ def test_flat_has_dotted_keys(params: Params) -> None:
     assert flat["regime.warmup"] == raw["regimes"]["noam"]["warmup"]
     assert flat["regime.betas"] == raw["regimes"]["noam"]["betas"]
     assert flat["train.steps"] == raw["train"]["pose3d"]["steps"]
-    assert flat["model.heads.flexible.d_head"] == raw["model"]["pose3d"]["heads"]["flexible"]["d_head"]
+    assert flat["heads.d_head"] == raw["heads"]["pose3d"]["flexible"]["d_head"]
     assert not any(isinstance(v, dict) for v in flat.values())
-    # every leaf of to_dict() appears exactly once under its dotted path (a head configuration has 2 leaves)
-    model = config.to_dict()["model"]
-    n_leaves = (4 + sum(len(config.to_dict()[section]) for section in ("regime", "train"))
-                + len(model) - 1 + 2 * len(model["heads"]))
+    # every leaf of to_dict() appears exactly once under its dotted path
+    n_leaves = 4 + sum(len(config.to_dict()[section]) for section in ("regime", "model", "train", "heads"))
     assert len(flat) == n_leaves
 
 

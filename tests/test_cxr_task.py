@@ -32,8 +32,9 @@ def cxr_params(steps: int, regimes: list[str], n_patients: int = 40) -> Params:
     raw["baselines"] = {}
     raw["data"]["cxr"] = {"image_size": 32, "val_fraction": 0.2,
                           "synthetic": {"n_patients": n_patients, "n_covid_images": 12, "image_size": 64}}
-    raw["model"]["cxr"] = {"patch_size": 4, "d_model": 32, "heads": tiny_heads(4, 16, 2), "n_layers": 2,
+    raw["model"]["cxr"] = {"patch_size": 4, "d_model": 32, "n_layers": 2,
                            "d_ff": 64, "dropout": 0.0}
+    raw["heads"]["cxr"] = tiny_heads(4, 16, 2)
     raw["train"]["cxr"] = {"steps": steps, "batch_size": 32, "checkpoint_every": steps, "log_every": steps,
                            "grad_snapshot_steps": [1], "eval_batch_size": 64}
     raw["tracking"]["enabled"] = False

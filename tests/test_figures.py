@@ -106,7 +106,8 @@ def write_run_outputs(root: Path, params: Params, run: Run, rng: np.random.Gener
         tokens = np.array(["CLS"] + [f"p{i}" for i in range(side * side)])
         grid, image = np.array([side, side]), _picture(rng, (image_side, image_side))
     n = len(tokens)
-    weights = _softmax(3 * rng.normal(size=(model.n_layers, model.head_shape("standard")[0], n, n))).astype(np.float32)
+    n_heads = params.heads[task]["standard"].n_heads
+    weights = _softmax(3 * rng.normal(size=(model.n_layers, n_heads, n, n))).astype(np.float32)
     np.savez_compressed(metrics / "attention.npz", weights=weights, tokens=tokens, grid=grid, image=image)
 
     if task == "pose3d":

@@ -33,14 +33,17 @@ def tiny_params(raw: dict) -> None:
     """Every task at a size that trains in seconds."""
     raw["experiment"].update(attention=["standard", "flexible_matched"], regimes=["noam", "tfixup"])
     raw["data"]["pose3d"]["synthetic"]["frames_per_sequence"] = 30
-    raw["model"]["pose3d"].update(d_model=16, heads=tiny_heads(2, 16, 1), n_layers=1, d_ff=32)
+    raw["model"]["pose3d"].update(d_model=16, n_layers=1, d_ff=32)
+    raw["heads"]["pose3d"] = tiny_heads(2, 16, 1)
     raw["train"]["pose3d"].update(steps=20, batch_size=32, checkpoint_every=10, log_every=5)
     raw["data"]["pose2d"]["synthetic"].update(n_train_images=6, n_val_images=4, image_size=[160, 120])
-    raw["model"]["pose2d"].update(d_model=16, heads=tiny_heads(2, 16, 1), n_layers=1, d_ff=32)
+    raw["model"]["pose2d"].update(d_model=16, n_layers=1, d_ff=32)
+    raw["heads"]["pose2d"] = tiny_heads(2, 16, 1)
     raw["train"]["pose2d"].update(steps=4, batch_size=8, checkpoint_every=2, log_every=2, eval_batch_size=16)
     raw["data"]["cxr"].update(image_size=32)
     raw["data"]["cxr"]["synthetic"].update(n_patients=30, n_covid_images=8, image_size=64)
-    raw["model"]["cxr"].update(d_model=16, heads=tiny_heads(2, 16, 1), n_layers=1, d_ff=32)
+    raw["model"]["cxr"].update(d_model=16, n_layers=1, d_ff=32)
+    raw["heads"]["cxr"] = tiny_heads(2, 16, 1)
     raw["train"]["cxr"].update(steps=4, batch_size=16, checkpoint_every=2, log_every=2, eval_batch_size=64)
 
 
@@ -160,7 +163,7 @@ def test_snakemake_lint_is_clean(tmp_path):
 # --- one task, two regimes: every kind of edit makes both doors plan the same stages ----------------------------
 
 def pose3d_only(raw: dict) -> None:
-    raw["experiment"].update(tasks=["pose3d"], regimes=["noam", "radam"])
+    raw["experiment"].update(tasks=["pose3d"], attention=["standard", "flexible"], regimes=["noam", "radam"])
     raw["train"]["pose3d"].update(steps=30, eval_every=10, log_every=10)
 
 
@@ -201,6 +204,10 @@ EDITS = {  # edit → the stages it changes directly (the plan adds what lies do
     "regimes.noam.warmup": (in_params(lambda p: p["regimes"]["noam"].update(warmup=50)),
                             {"train@pose3d-standard-noam-0", "train@pose3d-flexible-noam-0", "report"}),
     "model.pose3d.n_layers": (in_params(lambda p: p["model"]["pose3d"].update(n_layers=2)), TRAIN),
+    "heads.pose3d.flexible": (in_params(lambda p: p["heads"]["pose3d"]["flexible"].update(d_head=8)),
+                              {"train@pose3d-flexible-noam-0", "train@pose3d-flexible-radam-0"}),
+    "heads.pose3d.flexible_matched": (  # a configuration outside the matrix: no run (the report reads all params)
+        in_params(lambda p: p["heads"]["pose3d"]["flexible_matched"].update(n_heads=4, d_head=4)), {"report"}),
     "train.pose3d.steps": (in_params(lambda p: p["train"]["pose3d"].update(steps=40)), TRAIN),
     "train.pose3d.eval_batch_size": (in_params(lambda p: p["train"]["pose3d"].update(eval_batch_size=1000)),
                                      TRAIN | EVALUATE),

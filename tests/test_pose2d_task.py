@@ -36,7 +36,8 @@ def tiny_params() -> Params:
     raw["data"]["pose2d"] = {"source": "synthetic", "crop_size": list(CROP), "val_fraction": 0.4,  # 4 val images
                              "synthetic": {"n_train_images": 12, "n_val_images": 6, "image_size": [160, 120]}}
     raw["model"]["pose2d"] = {"backbone": "resnet18", "backbone_stride": 8, "d_model": 32,
-                              "heads": tiny_heads(4, 16, 2), "n_layers": 1, "d_ff": 64, "dropout": 0.0}
+                              "n_layers": 1, "d_ff": 64, "dropout": 0.0}
+    raw["heads"]["pose2d"] = tiny_heads(4, 16, 2)
     raw["train"]["pose2d"] = {"steps": 4, "batch_size": 8, "checkpoint_every": 2, "log_every": 2,
                               "grad_snapshot_steps": [1, 2], "eval_batch_size": 16}
     raw["tracking"]["enabled"] = False

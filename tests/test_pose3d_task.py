@@ -29,7 +29,8 @@ def tiny_params(**train_overrides) -> Params:
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["experiment"]["regimes"] = ["preln", "tfixup"]
     raw["data"]["pose3d"]["synthetic"].update(frames_per_sequence=40)
-    raw["model"]["pose3d"].update(d_model=32, heads=tiny_heads(4, 16, 2), n_layers=2, d_ff=64)
+    raw["model"]["pose3d"].update(d_model=32, n_layers=2, d_ff=64)
+    raw["heads"]["pose3d"] = tiny_heads(4, 16, 2)
     raw["baselines"]["martinez_mlp"]["hidden"] = 128
     raw["train"]["pose3d"].update({"steps": 60, "batch_size": 64, "checkpoint_every": 30, "log_every": 10,
                                    **train_overrides})
@@ -268,11 +269,11 @@ def test_cli_reports_missing_licensed_h36m_without_traceback(tmp_path):
 
 def test_cli_reports_bad_params_without_traceback(tmp_path):
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    raw["model"]["pose3d"]["heads"]["standard"]["n_heads"] = 7
+    raw["heads"]["pose3d"]["standard"]["n_heads"] = 7
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     result = CliRunner().invoke(app, ["runs", "--params", str(tmp_path / "params.yaml")])
     assert result.exit_code == 2
-    assert "model.pose3d" in result.output and "n_heads (7)" in result.output
+    assert "heads.pose3d.standard" in result.output and "n_heads (7)" in result.output
 
 
 def test_every_subcommand_has_help():

@@ -177,8 +177,9 @@ def toy_registered():
 def toy_params(tmp_path: Path) -> Path:
     raw = yaml.safe_load(PARAMS_YAML.read_text())
     raw["experiment"].update(tasks=["toy"], regimes=["radam", "tfixup"])
-    raw["model"]["toy"] = {"d_model": 16, "heads": tiny_heads(2, 16, 1), "n_layers": 1, "d_ff": 32,
+    raw["model"]["toy"] = {"d_model": 16, "n_layers": 1, "d_ff": 32,
                            "dropout": 0.0, "activation": "gelu"}
+    raw["heads"]["toy"] = tiny_heads(2, 16, 1)
     raw["train"]["toy"] = {"steps": 5, "batch_size": 16, "checkpoint_every": 5, "log_every": 5,
                            "grad_snapshot_steps": [1, 2], "eval_batch_size": 16, "eval_every": 5}
     raw["data"]["toy"] = {"n_samples": 64}

@@ -33,15 +33,18 @@ def tiny_params() -> Params:
     raw["experiment"]["regimes"] = ["preln", "radam"]
     raw["tracking"]["enabled"] = False
     raw["data"]["pose3d"]["synthetic"].update(frames_per_sequence=40)
-    raw["model"]["pose3d"].update(d_model=32, heads=tiny_heads(4, 16, 2), n_layers=2, d_ff=64)
+    raw["model"]["pose3d"].update(d_model=32, n_layers=2, d_ff=64)
+    raw["heads"]["pose3d"] = tiny_heads(4, 16, 2)
     raw["data"]["pose2d"] = {"source": "synthetic", "crop_size": [64, 48],
                              "synthetic": {"n_train_images": 12, "n_val_images": 6, "image_size": [160, 120]}}
-    raw["model"]["pose2d"] = {"backbone": "resnet18", "d_model": 32, "heads": tiny_heads(4, 16, 2),
+    raw["model"]["pose2d"] = {"backbone": "resnet18", "d_model": 32,
                               "n_layers": 1, "d_ff": 64, "dropout": 0.0}
+    raw["heads"]["pose2d"] = tiny_heads(4, 16, 2)
     raw["data"]["cxr"] = {"image_size": 32, "val_fraction": 0.2,
                           "synthetic": {"n_patients": 40, "n_covid_images": 12, "image_size": 64}}
-    raw["model"]["cxr"] = {"patch_size": 4, "d_model": 32, "heads": tiny_heads(4, 16, 2), "n_layers": 2,
+    raw["model"]["cxr"] = {"patch_size": 4, "d_model": 32, "n_layers": 2,
                            "d_ff": 64, "dropout": 0.1}
+    raw["heads"]["cxr"] = tiny_heads(4, 16, 2)
     for task, batch_size in (("pose3d", 64), ("pose2d", 8), ("cxr", 32)):
         raw["train"][task].update(steps=4, batch_size=batch_size, checkpoint_every=2, log_every=2,
                                   grad_snapshot_steps=[1], eval_batch_size=64, eval_every=2)

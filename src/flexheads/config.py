@@ -31,7 +31,7 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, SerializeAsA
 from flexheads.errors import ParamsError
 from flexheads.tasks import BUILTIN_TASKS, registered_tasks, require_task, task_settings
 
-ATTENTIONS = ("standard", "flexible_matched", "flexible")  # the default head configurations (model.<task>.heads)
+ATTENTIONS = ("standard", "flexible_matched", "flexible")  # the default head configurations (heads.<task>)
 BASELINES = ("martinez_mlp",)
 TASK_SECTIONS = ("model", "train", "data")  # top-level sections with one sub-section per task
 
@@ -101,41 +101,21 @@ class Heads(Section):
     n_heads: PositiveInt
     d_head: PositiveInt | None = None
 
-
-def default_heads(d_model: int, n_heads: int, d_head_flexible: int) -> dict[str, Heads]:
-    """``standard`` (n_heads of d_model / n_heads), ``flexible`` (n_heads of d_head_flexible) and
-    ``flexible_matched`` (d_model / d_head_flexible heads of d_head_flexible: standard's inner width d_model, hence
-    its parameters and attention FLOPs, with the flexible heads' width)."""
-    return {"standard": Heads(n_heads=n_heads), "flexible_matched": Heads(n_heads=d_model // d_head_flexible,
-                                                                          d_head=d_head_flexible),
-            "flexible": Heads(n_heads=n_heads, d_head=d_head_flexible)}
+    def shape(self, d_model: int) -> tuple[int, int]:
+        """``(n_heads, d_head)`` in a model of width ``d_model``."""
+        return self.n_heads, self.d_head or d_model // self.n_heads
 
 
 class EncoderSettings(Section):
-    """The transformer of one task (``model.<task>``; a task's settings add its own keys).  ``heads`` names the
-    head configurations the matrix's ``experiment.attention`` picks from."""
+    """The transformer of one task (``model.<task>``; a task's settings add its own keys).  Its heads are not
+    here: each head configuration of the matrix is ``heads.<task>.<attention>``, so editing one retrains only the
+    runs that use it."""
 
     d_model: PositiveInt = 64
-    heads: dict[RunNamePart, Heads] = Field(default_factory=lambda: default_heads(64, 8, 32))
     n_layers: PositiveInt = 3
     d_ff: PositiveInt = 128
     dropout: Probability = 0.0
     activation: Literal["relu", "gelu"] = "gelu"
-
-    @model_validator(mode="after")
-    def _standard_heads_fit(self) -> EncoderSettings:
-        for name, heads in self.heads.items():
-            if heads.d_head is None and self.d_model % heads.n_heads:
-                raise ValueError(
-                    f"heads.{name}: n_heads ({heads.n_heads}) must divide d_model ({self.d_model}) when d_head is "
-                    f"not given (d_head = d_model / n_heads)"
-                )
-        return self
-
-    def head_shape(self, attention: str) -> tuple[int, int]:
-        """``(n_heads, d_head)`` of head configuration ``attention`` (a key of ``heads``)."""
-        heads = self.heads[attention]
-        return heads.n_heads, heads.d_head or self.d_model // heads.n_heads
 
 
 class TrainSettings(Section):
@@ -161,7 +141,7 @@ class Experiment(Section):
     """The matrix: one train/evaluate run per task × attention × regime × seed."""
 
     tasks: tuple[TaskName, ...] = BUILTIN_TASKS
-    attention: tuple[RunNamePart, ...] = ATTENTIONS  # head configurations: keys of every task's model.<task>.heads
+    attention: tuple[RunNamePart, ...] = ATTENTIONS  # head configurations: keys of every task's heads.<task>
     regimes: tuple[RunNamePart, ...] = ("noam", "linear_untuned", "exponential_untuned", "radam", "tfixup", "preln")
     seeds: tuple[NonNegativeInt, ...] = (0,)  # model init and batch order; the report gives mean ± std over seeds
 
@@ -210,6 +190,7 @@ class Params(Section):
     threads: PositiveInt = 1  # CPU threads per train/evaluate process: float sums depend on it, so it is a param
     experiment: Experiment
     regimes: dict[RunNamePart, Regime]
+    heads: dict[TaskName, dict[RunNamePart, Heads]]  # task → head configuration name → heads
     model: SerializeAsAny[Section]  # one EncoderSettings subclass per task (_task_sections)
     train: SerializeAsAny[Section]  # one TrainSettings subclass per task
     data: SerializeAsAny[Section]  # one data section per task
@@ -256,15 +237,21 @@ class Params(Section):
         return self
 
     @model_validator(mode="after")
-    def _attention_is_defined(self) -> Params:
+    def _heads_are_defined_and_fit(self) -> Params:
         if "none" in self.experiment.attention:
             raise ValueError("experiment.attention: 'none' is reserved for the baselines' runs")
         for task in self.experiment.tasks:
-            defined = getattr(self.model, task).heads
+            defined = self.heads.get(task, {})
             unknown = [a for a in self.experiment.attention if a not in defined]
             if unknown:
-                raise ValueError(f"experiment.attention: {unknown} not defined under model.{task}.heads "
+                raise ValueError(f"experiment.attention: {unknown} not defined under heads.{task} "
                                  f"(defined: {sorted(defined)})")
+            d_model = getattr(self.model, task).d_model
+            for name, heads in defined.items():
+                if heads.d_head is None and d_model % heads.n_heads:
+                    raise ValueError(f"heads.{task}.{name}: n_heads ({heads.n_heads}) must divide "
+                                     f"model.{task}.d_model ({d_model}) when d_head is not given "
+                                     "(d_head = d_model / n_heads)")
         return self
 
     @model_validator(mode="after")
@@ -307,6 +294,7 @@ class Params(Section):
             regime=self.regimes[run.regime],
             model=getattr(self.model, run.task),
             train=getattr(self.train, run.task),
+            heads=None if run.baseline else self.heads[run.task][run.attention],
             baseline=self.baselines[run.baseline] if run.baseline else None,
         )
 
@@ -323,7 +311,7 @@ class Run:
     """One cell of the experiment matrix."""
 
     task: str
-    attention: str  # a head configuration of model.<task>.heads ("none" for a baseline)
+    attention: str  # a head configuration of heads.<task> ("none" for a baseline)
     regime: str
     seed: int = 0
     baseline: str | None = None  # a baseline model name instead of the task's transformer
@@ -344,12 +332,15 @@ class RunConfig:
     regime: Regime
     model: EncoderSettings
     train: TrainSettings
+    heads: Heads | None = None  # the transformer's heads (None: a baseline)
     baseline: Baseline | None = None
 
     @property
     def head_shape(self) -> tuple[int, int]:
         """``(n_heads, d_head)`` of the run's head configuration."""
-        return self.model.head_shape(self.run.attention)
+        if self.heads is None:
+            raise ValueError(f"run {self.run.name} builds no attention (a baseline)")
+        return self.heads.shape(self.model.d_model)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -360,6 +351,7 @@ class RunConfig:
             "regime": self.regime.model_dump(mode="json"),
             "model": self.model.model_dump(mode="json"),
             "train": self.train.model_dump(mode="json"),
+            **({"heads": self.heads.model_dump(mode="json")} if self.heads else {}),
             **({"baseline": self.baseline.model_dump(mode="json")} if self.baseline else {}),
         }
 

@@ -8,7 +8,7 @@ radiographs, for pose2d a TransPose-R-A4-like model (Yang et al. 2021: ResNet-50
 
 Variants, all built by the task's own ``build_model`` from a :class:`~flexheads.config.RunConfig`:
 
-* ``standard`` and ``flexible``: the head configurations of those names in ``model.<task>.heads``;
+* ``standard`` and ``flexible``: the head configurations of those names in ``heads.<task>``;
 * ``flexible_equal_flops``: flexible heads with the standard heads' inner width, half as many heads twice as wide
   (``n_heads / 2`` × ``2 d_model / n_heads``; twice as many half as wide when ``n_heads`` is odd).  Per layer and
   forward pass, with ``N`` tokens, width ``d`` and inner width ``I = heads × d_head``, the q/k/v/out projections
@@ -49,10 +49,12 @@ class Size:
     tag: str  # short name in result keys (e.g. vit_<tag>_vs_timm_ratio)
     model: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     data: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    heads: Mapping[str, Heads] = dataclasses.field(default_factory=dict)  # VARIANT_HEADS (empty: params.yaml's)
 
 
 DEFAULT_SIZE = Size("params.yaml", "default")
 INPUT_SIZE_KEYS = {"pose2d": "crop_size", "cxr": "image_size"}  # data.<task> keys of the model's input size
+VARIANT_HEADS = ("standard", "flexible")  # the head configurations of heads.<task> the bench times
 
 
 def thesis_size(thesis: Params, task: str) -> Size:
@@ -62,13 +64,12 @@ def thesis_size(thesis: Params, task: str) -> Size:
     if "pretrained" in model:
         model["pretrained"] = False
     data = {key: getattr(thesis.task_data(task), key) for key in [INPUT_SIZE_KEYS.get(task)] if key}
-    heads = {name: model["heads"][name] for name in ("standard", "flexible")}
-    shapes = {"heads": ", ".join(f"{name} {h['n_heads']}×{h['d_head'] or model['d_model'] // h['n_heads']}"
-                                 for name, h in heads.items())}
+    heads = {name: thesis.heads[task][name] for name in VARIANT_HEADS}
+    shapes = {"heads": ", ".join("{} {}×{}".format(name, *h.shape(model["d_model"])) for name, h in heads.items())}
     described = ", ".join(f"{key} {value}" for key, value in {**model, **shapes, **data}.items()
                           if key in ("window", "backbone", "patch_size", "d_model", "heads", "n_layers",
                                      *INPUT_SIZE_KEYS.values()))
-    return Size(f"params/thesis.yaml: {described}", "thesis", model=model, data=data)
+    return Size(f"params/thesis.yaml: {described}", "thesis", model=model, data=data, heads=heads)
 
 
 def size_of(task: str, size: str, thesis: Params) -> Size:
@@ -91,14 +92,14 @@ def variants(params: Params, task: str, regime: str, size: Size, batch_size: int
     base = params.run_config(Run(task, "standard", regime))
     model = type(base.model).model_validate({**base.model.model_dump(), **size.model})
     train = base.train.model_copy(update={"batch_size": batch_size})
+    heads = size.heads or {name: params.heads[task][name] for name in VARIANT_HEADS}
     flexible = Run(task, "flexible", regime)
-    configs = {"standard": dataclasses.replace(base, model=model, train=train),
-               "flexible": dataclasses.replace(base, run=flexible, model=model, train=train)}
-    heads = equal_flops_heads(model.d_model, model.head_shape("standard")[0])
-    if heads is not None:
-        equal = model.model_copy(update={"heads": {**model.heads, "flexible": Heads(n_heads=heads[0],
-                                                                                     d_head=heads[1])}})
-        configs["flexible_equal_flops"] = dataclasses.replace(base, run=flexible, model=equal, train=train)
+    configs = {"standard": dataclasses.replace(base, model=model, train=train, heads=heads["standard"]),
+               "flexible": dataclasses.replace(base, run=flexible, model=model, train=train, heads=heads["flexible"])}
+    equal = equal_flops_heads(model.d_model, heads["standard"].n_heads)
+    if equal is not None:
+        configs["flexible_equal_flops"] = dataclasses.replace(
+            base, run=flexible, model=model, train=train, heads=Heads(n_heads=equal[0], d_head=equal[1]))
     return configs
 
 

@@ -29,7 +29,7 @@ class ModelConfig:
 
 def encoder_config(config: RunConfig) -> EncoderConfig:
     """The run's transformer encoder: the task's sizes (``model.<task>``), the run's head configuration
-    (``model.<task>.heads.<attention>``), the regime's LayerNorm placement and init scheme."""
+    (``heads.<task>.<attention>``), the regime's LayerNorm placement and init scheme."""
     m = config.model
     n_heads, d_head = config.head_shape
     return EncoderConfig(d_model=m.d_model, n_heads=n_heads, d_head=d_head, n_layers=m.n_layers,

@@ -48,8 +48,7 @@ def _read(params: Params, task: str, metrics_dir: Path) -> tuple[str, list[Run],
 
 
 def _head_width(params: Params, task: str, attention: str) -> int:
-    model = getattr(params.model, task)
-    return model.head_shape(attention)[1]
+    return params.heads[task][attention].shape(getattr(params.model, task).d_model)[1]
 
 
 def _is_points(image: np.ndarray, grid: np.ndarray) -> bool:

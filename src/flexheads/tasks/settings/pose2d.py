@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import model_validator
 
-from flexheads.config import (EncoderSettings, Heads, NonNegativeInt, PositiveFloat, PositiveInt, Probability,
-                              RunNamePart, Section, TrainSettings, default_heads)
+from flexheads.config import (EncoderSettings, NonNegativeInt, PositiveFloat, PositiveInt, Probability, Section,
+                              TrainSettings)
 from flexheads.data.splits import check_val_fraction
 from flexheads.tasks.base import TaskSettings
 
@@ -19,7 +19,6 @@ class Pose2DModel(EncoderSettings):
     backbone_stride: Literal[4, 8, 16] = 8  # 4: the trunk stops after layer1, 8: after layer2, 16: after layer3
     trunk_width: PositiveInt = 16  # base channels of the trunk (conv1, layer1; ×2 per later stage); 64: torchvision's
     d_model: PositiveInt = 32
-    heads: dict[RunNamePart, Heads] = Field(default_factory=lambda: default_heads(32, 4, 32))
     d_ff: PositiveInt = 64
     n_layers: PositiveInt = 2
 
