@@ -69,11 +69,22 @@ def test_seeds_average_the_contrast_and_t_test_it():
     values = {f"a{s}": [1, 3, 8] for s in range(3)} | {f"b{s}": [1 + o, 3 + o, 8 + o] for s, o in enumerate(offsets)}
     boot = bootstrap(runs(**values), mean_value)
     d = difference(boot, [["b0"], ["b1"], ["b2"]], [["a0"], ["a1"], ["a2"]])
+    # the interval [2, 2] excludes 0, but over 3 seeds p = 0.074: the seeds do not agree enough, not significant
     assert (d.point, d.low, d.high, d.significant) == (pytest.approx(2.0), pytest.approx(2.0), pytest.approx(2.0),
-                                                       True)
+                                                       False)
     assert d.std == pytest.approx(1.0) and d.p == pytest.approx(1 - math.sqrt(12 / 14))
     same = difference(boot, [["b0"], ["b0"]], [["a0"], ["a1"]])  # 1 on both seeds: no spread, t undefined
     assert same.std == 0.0 and math.isnan(same.p) and same.significant
+
+
+def test_with_seeds_significant_needs_the_t_test_too():
+    # per seed differences 1.9, 2.0, 2.1: mean 2, std 0.1, t = 2 / (0.1 / sqrt 3) = 34.6 on 2 degrees of freedom,
+    # p = 1 - t / sqrt(2 + t^2) = 8.3e-4 < 0.05; the interval [2, 2] excludes 0: significant
+    values = {f"a{s}": [1, 3, 8] for s in range(3)} | {f"b{s}": [1 + o, 3 + o, 8 + o]
+                                                        for s, o in enumerate([1.9, 2.0, 2.1])}
+    d = difference(bootstrap(runs(**values), mean_value), [["b0"], ["b1"], ["b2"]], [["a0"], ["a1"], ["a2"]])
+    t = 2 / (0.1 / math.sqrt(3))
+    assert d.p == pytest.approx(1 - t / math.sqrt(2 + t**2)) and d.p < 0.05 and d.significant
 
 
 def test_averaged_sides_and_undefined_resamples():

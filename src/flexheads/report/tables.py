@@ -161,7 +161,8 @@ def summary_caption(params: Params) -> str:
              else f"seed {seeds[0]}; list more seeds in experiment.seeds for mean ± std and a t-test")
     over_seeds = (" Differences are paired by seed: mean ± std of the per-seed differences, the interval that of the "
                   "seed-averaged difference (every seed's runs on the same resamples), and p the two-sided paired "
-                  "t-test over seeds (scipy.stats.ttest_rel)." if len(seeds) > 1 else "")
+                  "t-test over seeds (scipy.stats.ttest_rel); with seeds, * also needs p < 0.05 (the interval "
+                  "covers the test set's sampling noise, the t-test the training's)." if len(seeds) > 1 else "")
     return (f"Main metric per task and regime for each attention configuration ({cells}). 'b − a': configuration "
             "b minus configuration a in the same regime; 'vs best regime': the regime minus the task's best regime, "
             "both averaged over attention. Each difference: its value on the full test set [95% percentile "

@@ -10,8 +10,10 @@ multiset of rows back into its main metric.
   draws for every run of the task;
 * :func:`bootstrap`: the matrix ``R[run, b]`` of each run's metric on each resample, and its full-set value;
 * :func:`difference`: a contrast, ``mean(plus runs) - mean(minus runs)`` averaged over seeds: its value on the
-  full test set, its 95% percentile interval over the resamples, significant when that interval excludes 0, and
-  over seeds its standard deviation and the paired t-test's p-value.
+  full test set, its 95% percentile interval over the resamples, and over seeds its standard deviation and the
+  paired t-test's p-value.  Significant: the interval excludes 0 and, with several seeds, ``p < SEED_ALPHA`` too:
+  the resamples measure the test set's sampling noise only, the seeds the training's, and a difference must stand
+  out from both.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import numpy as np
 N_RESAMPLES = 1000  # percentile intervals at 95% are stable to ~1% of their width with 1000 resamples
 SEED = 0
 LEVEL = 0.95
+SEED_ALPHA = 0.05  # with several seeds a difference must also pass the paired t-test over seeds at this level
 
 Samples = Mapping[str, np.ndarray]  # samples.npz: column name → (N, ...) array, one row per test sample
 SampleMetric = Callable[[Samples], float]  # a task's sample_metric
@@ -93,8 +96,8 @@ def excludes_zero(low: float, high: float) -> bool:
 @dataclass(frozen=True)
 class Difference:
     """A contrast between runs: ``point`` on the full test set (the mean over seeds), its interval ``[low, high]``,
-    ``significant`` (the interval excludes 0); over more than one seed the contrast's ``std`` (ddof 1) and the paired
-    t-test's two-sided ``p`` (NaN with one seed)."""
+    ``significant`` (the interval excludes 0, and ``p < SEED_ALPHA`` where ``p`` is defined); over more than one
+    seed the contrast's ``std`` (ddof 1) and the paired t-test's two-sided ``p`` (NaN with one seed)."""
 
     point: float
     low: float
@@ -127,4 +130,5 @@ def difference(boot: Bootstrap, plus: Sequence[Sequence[str]], minus: Sequence[S
 
             p = float(ttest_rel(side(plus, boot.point), side(minus, boot.point)).pvalue)
     point = float(per_seed.mean())
-    return Difference(point, low, high, not math.isnan(point) and excludes_zero(low, high), std, p)
+    significant = not math.isnan(point) and excludes_zero(low, high) and (math.isnan(p) or p < SEED_ALPHA)
+    return Difference(point, low, high, significant, std, p)
