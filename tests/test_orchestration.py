@@ -206,8 +206,6 @@ EDITS = {  # edit → the stages it changes directly (the plan adds what lies do
     "model.pose3d.n_layers": (in_params(lambda p: p["model"]["pose3d"].update(n_layers=2)), TRAIN),
     "heads.pose3d.flexible": (in_params(lambda p: p["heads"]["pose3d"]["flexible"].update(d_head=8)),
                               {"train@pose3d-flexible-noam-0", "train@pose3d-flexible-radam-0"}),
-    "heads.pose3d.flexible_matched": (  # a configuration outside the matrix: no run (the report reads all params)
-        in_params(lambda p: p["heads"]["pose3d"]["flexible_matched"].update(n_heads=4, d_head=4)), {"report"}),
     "train.pose3d.steps": (in_params(lambda p: p["train"]["pose3d"].update(steps=40)), TRAIN),
     "train.pose3d.eval_batch_size": (in_params(lambda p: p["train"]["pose3d"].update(eval_batch_size=1000)),
                                      TRAIN | EVALUATE),
