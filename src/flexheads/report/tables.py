@@ -34,7 +34,7 @@ from flexheads.report.inputs import main_metric, require, task_runs
 from flexheads.report.uncertainty import N_RESAMPLES, Bootstrap, Difference, bootstrap, difference
 from flexheads.tasks import get_task
 
-RUN_COLUMNS = [  # (key in train.json, header, better)
+RUN_COLUMNS = [  # (key in train.json, or metrics/<run>.json for attention_flops; header, better)
     ("n_params", "params", None),
     ("attention_flops", "attention FLOPs", None),
     ("wall_time_s", "train time (s)", None),
@@ -191,13 +191,16 @@ def summary_flat(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(flat)
 
 
+def summary(params: Params, metrics_dir: Path) -> tuple[pd.DataFrame, Bold]:
+    """The ``summary`` table and its bold cells from the ``metrics/<run>.json`` and ``metrics/<run>/samples.npz``
+    of the matrix's transformer runs alone (no train summaries, no baselines); :class:`MissingInputs` lists every
+    absent file of a task."""
+    return summary_table(params, {task: task_bootstrap(params, task, metrics_dir) for task in params.experiment.tasks})
+
+
 def summary_markdown(params: Params, metrics_dir: Path) -> str:
-    """The ``summary`` table as Markdown from the ``metrics/<run>.json`` and ``metrics/<run>/samples.npz`` of the
-    matrix's transformer runs alone (no train summaries, no baselines); :class:`MissingInputs` lists every absent
-    file of a task."""
-    boots = {task: task_bootstrap(params, task, metrics_dir) for task in params.experiment.tasks}
-    summary, bold = summary_table(params, boots)
-    return to_markdown(summary, bold, summary_caption(params))
+    """The ``summary`` table as Markdown (``flexheads compare``), from the files :func:`summary` reads."""
+    return to_markdown(*summary(params, metrics_dir), summary_caption(params))
 
 
 def breakdown_table(params: Params, task: str, name: str, key: str, value: str, better: str,
@@ -238,9 +241,8 @@ def write_tables(params: Params, metrics_dir: Path, models_dir: Path, out_dir: P
             caption = f"{task}: {label} per {key.replace('_', ' ')} (test split; mean over seeds)."
             written += write_table(tables / f"{task}_{name}", table, bold, caption)
 
-    boots = {task: task_bootstrap(params, task, metrics_dir) for task in params.experiment.tasks}
-    summary, bold = summary_table(params, boots)
-    written += write_table(tables / "summary", summary, bold, summary_caption(params), csv=summary_flat(summary))
+    table, bold = summary(params, metrics_dir)
+    written += write_table(tables / "summary", table, bold, summary_caption(params), csv=summary_flat(table))
     return written
 
 

@@ -270,8 +270,7 @@ def validation(h5_path: Path, config: RunConfig) -> Callable[[nn.Module, torch.d
     batch_size = config.train.eval_batch_size
 
     def validate(model: nn.Module, device: torch.device) -> float:
-        scores = predict(model, images, batch_size, device)
-        return classification.mean_defined(classification.auroc_per_class(labels, scores, LABELS))
+        return sample_metric({"labels": labels, "scores": predict(model, images, batch_size, device)})
 
     return validate
 
