@@ -96,3 +96,16 @@ def test_the_server_leaves_with_its_parent():
     while stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z":  # running, not yet a zombie
         assert time.monotonic() < deadline, "the server outlived its parent"
         time.sleep(0.2)
+
+
+@pytest.mark.parametrize(("code", "status", "stderr"), [(None, 0, ""), (3, 3, ""), ("bad input", 1, "bad input\n")])
+def test_a_child_ends_as_the_interpreter_would_on_system_exit(code: object, status: int, stderr: str) -> None:
+    """Threads joined, atexit functions run, buffered output flushed, the exit status of ``SystemExit(code)``."""
+    child = ("import atexit, sys, threading, time; from flexheads import warm\n"
+             "threading.Thread(target=lambda: (time.sleep(0.2), print('thread'))).start()\n"
+             "atexit.register(print, 'atexit')\n"
+             "print('buffered', end=' ')\n"
+             f"warm._leave({code!r})\n"
+             "print('never')")
+    ended = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True)
+    assert (ended.returncode, ended.stdout, ended.stderr) == (status, "buffered thread\natexit\n", stderr)

@@ -1,12 +1,13 @@
 # The stages of dvc.yaml as DVC resolves them, DVC's verdict on which are stale, and what each rule claims.
 import shlex
+import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 
 from flexheads.config import load_params
 from flexheads import warm
-from flexheads.dag import is_folder, read_stages, settle, stage_inputs
+from flexheads.dag import is_folder, read_stages, record_finished, settle, stage_inputs, start_recording
 
 if config:
     raise WorkflowError(
@@ -23,9 +24,18 @@ RUNS_ON_GPU = ("train", "evaluate")  # stage kinds that use the GPU when there i
 WARM = []  # the warm server of this run (onstart), stopped when the run ends
 
 
+def record(when: str) -> None:
+    """Commit the stages Snakemake's jobs finished to dvc.lock, or say why not (dag.record_finished)."""
+    dropped = record_finished(Path("."), STAGES)
+    if dropped:
+        print(f"flexheads ({when}): {dropped}", file=sys.stderr)
+
+
 def stale_markers() -> dict:
-    """Stage name → its marker: the main process asks DVC (dag.settle); a job re-parsing the workflow only names them."""
+    """Stage name → its marker: the main process records what a crashed run finished, then asks DVC (dag.settle);
+    a job re-parsing the workflow only names them."""
     if workflow.is_main_process:
+        record("stages finished before Snakemake last stopped")
         return settle(Path("."), STAGES)
     return {stage.name: stage.marker for stage in STAGES}
 
@@ -57,11 +67,6 @@ def rule_inputs(stage) -> list:
     return inputs + [MARKERS[stage.name]]
 
 
-def record_command(stage) -> str:
-    """Record the finished stage in dvc.lock (`dvc commit`; jobs take turns on DVC's lock)."""
-    return f"flexheads record {shlex.quote(stage.name)}"
-
-
 REPORTED = {  # the report stage's outputs in `snakemake --report`
     "reports/tables": dict(patterns=["{table}.csv"], category="Tables", caption="../report/tables.rst",
                            labels={"table": "{table}"}),
@@ -83,17 +88,21 @@ def rule_outputs(stage) -> list:
 onstart:
     # Create the MLflow store and experiments once, before parallel trainings open it; then a warm process that
     # has imported torch, MLflow and DVC forks the jobs' `flexheads` commands (src/flexheads/warm.py).
+    start_recording(Path("."), STAGES)
     shell("flexheads tracking-init")
     WARM.append(warm.start())
 
 
-def stop_warm_server() -> None:
-    warm.stop(WARM.pop() if WARM else None)
+def end_of_run() -> None:
+    try:
+        record("end of run")
+    finally:
+        warm.stop(WARM.pop() if WARM else None)
 
 
 onsuccess:
-    stop_warm_server()
+    end_of_run()
 
 
 onerror:
-    stop_warm_server()
+    end_of_run()

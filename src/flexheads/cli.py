@@ -222,15 +222,6 @@ def tracking_init(params: Path = ParamsOption) -> None:
 
 
 @app.command()
-def record(stage: str = typer.Argument(..., help="DVC's stage name, e.g. train@pose3d-standard-noam-0.")) -> None:
-    """Record a finished stage in dvc.lock (`dvc commit --force` of that stage, waiting for DVC's lock). Each
-    Snakemake job ends with it, so dvc.lock stays the record whichever front door ran the stage."""
-    from dvc.cli import main as dvc  # no flexheads module: the job's log traces only the stage's own imports
-
-    raise typer.Exit(dvc(["--wait-for-lock", "commit", "--force", "--no-relink", "--quiet", stage]))
-
-
-@app.command()
 @user_errors
 def ui(
     params: Path = ParamsOption,

@@ -5,10 +5,16 @@ and the params keys each stage reads.  The Snakefile builds one rule per resolve
 the same command and files, so the two front doors cannot drift apart.
 
 Staleness is decided once, by DVC, for both doors.  ``dvc.lock`` records what produced each output (dependency
-hashes, params values, command); every Snakemake job ends with ``dvc commit`` of its stage, so the lock stays the
-record whichever door ran the stage.  When Snakemake parses the workflow, ``settle`` asks DVC which stages are out
-of date and gives each rule a marker input that is new exactly when DVC says so (code and params reach a rule only
-through it: its source dependencies are ``ancient``).  For the stages DVC finds up to date it also brings output
+hashes, params values, command), whichever door ran the stage.  Snakemake's jobs end by marking their stage
+finished; ``record_finished`` commits the marked stages to ``dvc.lock`` in one ``dvc commit`` when Snakemake ends,
+done or failed, and, after a crash, when it next parses the workflow (a ``dvc commit`` per job re-read and rewrote
+the whole lock file: ~4 CPU-s each on the default DAG).  It records them only while params.yaml, dvc.yaml and the
+source dependencies are as they were when their run started (``source_stamp``); otherwise it drops the marks, DVC
+finds those stages stale, and both doors rerun them: nothing is recorded as made from inputs it did not see.
+
+When Snakemake parses the workflow, ``settle`` asks DVC which stages are out of date and gives each rule a marker
+input that is new exactly when DVC says so (code and params reach a rule only through it: its source dependencies
+are ``ancient``).  For the stages DVC finds up to date it also brings output
 timestamps in order where ``dvc repro`` left an output older than its inputs (an upstream stage rewrote identical
 bytes, and DVC, comparing hashes, rightly skipped the stage).  So ``snakemake -n`` plans the stages ``dvc status``
 lists plus everything downstream of them: what ``dvc repro`` may rerun.
@@ -16,15 +22,19 @@ lists plus everything downstream of them: what ``dvc repro`` may rerun.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import posixpath
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from flexheads.config import rule_name
 
 MARKER_DIR = Path(".snakemake/flexheads/stale")  # one file per stage; new content and mtime: DVC says stale
+FINISHED_DIR = Path(".snakemake/flexheads/finished")  # one empty file per stage a job finished, until recorded
+SOURCES_AT_START = FINISHED_DIR / ".sources"  # source_stamp when the marks' run started
 TIMESTAMP = ".snakemake_timestamp"  # Snakemake's timestamp of a folder output (ignored by DVC and git)
 
 
@@ -61,6 +71,11 @@ class Stage:
     def marker(self) -> Path:
         """The file whose content and timestamp carry DVC's verdict to Snakemake (``settle``)."""
         return MARKER_DIR / self.rule_name
+
+    @property
+    def finished(self) -> Path:
+        """The file a Snakemake job creates when its command succeeded: the stage awaits ``record_finished``."""
+        return FINISHED_DIR / self.rule_name
 
     @property
     def benchmark(self) -> str:
@@ -119,6 +134,70 @@ def settle(root: Path, stages: list[Stage]) -> dict[str, Path]:
             for out in outputs:
                 _set_snakemake_mtime(out, now)
     return mark_stale(root, stages, stale)
+
+
+def start_recording(root: Path, stages: list[Stage]) -> None:
+    """At the start of a Snakemake run: an empty folder for the jobs' finished marks, and the sources' stamp."""
+    (root / FINISHED_DIR).mkdir(parents=True, exist_ok=True)
+    for mark in (root / FINISHED_DIR).iterdir():
+        mark.unlink()
+    (root / SOURCES_AT_START).write_text(source_stamp(root, stages))
+
+
+def record_finished(root: Path, stages: list[Stage]) -> str | None:
+    """Commit the stages marked finished to dvc.lock (``record_stages``) if the sources are as they were when their
+    run started, and clear the marks; return what the user must know (marks dropped), else None."""
+    finished = [stage.name for stage in stages if (root / stage.finished).exists()]
+    if not finished:
+        return None
+    started = root / SOURCES_AT_START
+    unchanged = started.exists() and started.read_text() == source_stamp(root, stages)
+    if unchanged:
+        record_stages(root, finished)
+    for mark in (root / FINISHED_DIR).iterdir():
+        mark.unlink()
+    return None if unchanged else (
+        f"params.yaml, dvc.yaml or the code changed since Snakemake started: the {len(finished)} stage(s) it "
+        "finished are not recorded in dvc.lock, so both front doors will run them again.")
+
+
+def source_stamp(root: Path, stages: list[Stage]) -> str:
+    """A digest of what DVC records beside the outputs and no stage writes: params.yaml, dvc.yaml and every file of
+    a dependency no stage produces (the code links, external data), by path, size and modification time."""
+    produced = [posixpath.normpath(out) for stage in stages for out in stage.outs]
+
+    def overlaps(dep: str) -> bool:  # the dependency is an output, inside one, or a folder holding one
+        dep = posixpath.normpath(dep)
+        return any(dep == out or dep.startswith(out + "/") or out.startswith(dep + "/") for out in produced)
+
+    sources = {"params.yaml", "dvc.yaml"} | {dep for stage in stages for dep in stage.deps if not overlaps(dep)}
+    digest = hashlib.sha256()
+    for source in sorted(sources):
+        path = root / source
+        for file in sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]:
+            stat = file.stat() if file.exists() else None
+            digest.update(f"{file.relative_to(root)}\0{stat and (stat.st_size, stat.st_mtime_ns)}\n".encode())
+    return digest.hexdigest()
+
+
+def record_stages(root: Path, names: Sequence[str]) -> None:
+    """``dvc commit --force --no-relink`` of exactly the named stages, in one go: DVC's lock taken once (waiting
+    for it), each stage's dependencies and outputs hashed, and each dvc.yaml's lock file rewritten once."""
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo, lock_repo
+
+    with Repo(str(root), _wait_for_lock=True) as repo, lock_repo(repo):
+        by_name = {stage.name: stage for stage in repo.index.stages}
+        unknown = [name for name in names if name not in by_name]
+        if unknown:
+            raise DvcException(f"no stage named {', '.join(unknown)} in {root / 'dvc.yaml'}")
+        lock_files: dict[str, tuple[object, list]] = {}
+        for stage in map(by_name.get, names):
+            stage.save()
+            stage.commit(relink=False)
+            lock_files.setdefault(stage.dvcfile.path, (stage.dvcfile, []))[1].append(stage)
+        for dvcfile, written in lock_files.values():
+            dvcfile.dump_stages(written, update_pipeline=False)
 
 
 def topological_order(stages: list[Stage]) -> list[Stage]:

@@ -1,7 +1,7 @@
-"""A warm process for a Snakemake run: it imports torch, MLflow and DVC once and forks one child per command.
+"""A warm process for a Snakemake run: it imports torch and MLflow once and forks one child per command.
 
-A default pipeline job is a short ``flexheads`` process, and importing what it needs (torch, MLflow, DVC) costs
-4–7 CPU-seconds before its first step: about a third of the default run's CPU time. While Snakemake runs, the
+A default pipeline job is a short ``flexheads`` process, and importing what it needs (torch, MLflow) costs 4–7
+CPU-seconds before its first step: about a third of the default run's CPU time. While Snakemake runs, the
 Snakefile starts this server (:func:`start`, in ``onstart``) and sets ``FLEXHEADS_WARM`` to
 its socket; the ``flexheads`` executable then hands its arguments, working folder, environment and standard streams
 to the server (:func:`delegate`), which forks a child that runs the command in the pre-imported interpreter, and
@@ -12,8 +12,11 @@ The child is the command as a fresh process would run it:
 * the same code: the server records every flexheads source file it imported, and refuses (the command then runs
   cold, in its own process) once one has changed, or when the client's interpreter or ``sys.path`` differ;
 * the same state: the server runs no torch op (no thread pool, no CUDA context) and seeds nothing; the child gets
-  the client's folder, environment, argv and streams, default signal handlers, and exits through the interpreter's
-  normal shutdown (``atexit``, thread joins);
+  the client's folder, environment, argv and streams, and default signal handlers;
+* the same ending: a command that exits joins its threads, runs the ``atexit`` functions and flushes its streams as
+  an interpreter's shutdown does, then leaves with ``os._exit``, as a multiprocessing child does.  The rest of a
+  shutdown, tearing down every module the server imported, would write to each of their objects and so copy the
+  server's whole heap into the child (0.6 CPU-s per command); an uncaught exception still takes the normal path;
 * the same accounting: the server reaps its children, so their CPU time counts in the run's ``/usr/bin/time``.
 
 SIGINT/SIGTERM/SIGHUP sent to the client reach the child; a client that dies takes the child's process group with
@@ -23,6 +26,7 @@ failure in the hand-over makes the command run cold: the server speeds commands 
 
 from __future__ import annotations
 
+import atexit
 import collections
 import contextlib
 import gc
@@ -37,20 +41,17 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 ENV = "FLEXHEADS_WARM"  # path of the server's socket; unset: every command runs in its own process
-PRELOAD = (  # what the pipeline's commands import before their first step (train, evaluate, report, record)
+PRELOAD = (  # what the pipeline's commands import before their first step (train, evaluate, report)
     "torch", "torch._dynamo", "h5py", "numpy", "pandas", "pyarrow",  # torch's optimisers import torch._dynamo
     "mlflow", "mlflow.tracking", "mlflow.store.tracking.sqlalchemy_store", "alembic.command", "alembic.config",
     "sqlalchemy.dialects.sqlite",
-    "dvc.cli", "dvc.repo", "dvc.repo.index", "dvc.repo.commit", "dvc.commands.commit", "dvc.stage", "dvc.output",
-    "dvc.scm", "dvc.lock", "dvc.cachemgr", "dvc.data_cloud", "dvc.compare", "dvc.analytics", "dvc_render",
-    "dvc.cli.parser", "dvc_data.hashfile", "scmrepo.git", "dulwich.repo", "dulwich.client", "dulwich.ignore",
-    "dulwich.worktree", "networkx", "flufl.lock", "zc.lockfile", "ruamel.yaml", "pyparsing", "configobj",
-    "platformdirs", "matplotlib", "matplotlib.pyplot",
+    "matplotlib", "matplotlib.pyplot",
     "flexheads.cli", "flexheads.stages", "flexheads.tracking", "flexheads.train",
     "flexheads.tasks.pose3d", "flexheads.tasks.pose2d", "flexheads.tasks.cxr", "flexheads.tasks.evaluation",
     "flexheads.explain",
@@ -278,7 +279,11 @@ def run(job: Job) -> None:
     sys.argv, sys.path[:] = list(job.argv), job.path
     from flexheads.cli import app
 
-    app(args=job.argv[1:], prog_name="flexheads")
+    try:
+        app(args=job.argv[1:], prog_name="flexheads")
+    except SystemExit as exit_:
+        _leave(exit_.code)
+    _leave(0)
 
 
 def main() -> None:
@@ -316,6 +321,19 @@ def _exit_code(status: int) -> int:
     """A shell's exit status: the child's code, or 128 + the signal that killed it."""
     code = os.waitstatus_to_exitcode(status)
     return code if code >= 0 else 128 - code
+
+
+def _leave(code: object) -> None:
+    """End the child as the interpreter ends on ``SystemExit(code)``, but for the teardown of modules and objects."""
+    if code is not None and not isinstance(code, int):
+        print(code, file=sys.stderr)
+        code = 1
+    threading._shutdown()  # join non-daemon threads, as the interpreter does first
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit((code or 0) & 0xFF)
 
 
 def _exit(_number: int, _frame: object) -> None:
