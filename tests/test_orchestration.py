@@ -20,7 +20,7 @@ from dvc.utils.serialize import modify_yaml
 
 from flexheads.code_deps import CODE_DIR, SOURCE_ROOT, module_file
 from flexheads.config import load_params
-from flexheads.dag import read_stages, stage_inputs, stale_stages
+from flexheads.dag import TIMESTAMP, read_stages, stage_inputs, stale_stages
 from flexheads.report.figures import figure_plan
 from conftest import tiny_heads
 
@@ -275,6 +275,27 @@ def test_dvc_metrics_and_offline_plots(built, tmp_path):
     run(["dvc", "plots", "show", "-o", str(tmp_path / "plots")], built)
     page = (tmp_path / "plots" / "index.html").read_text()
     assert "pose3d_curves.png" in page and "<img" in page and "<script src=\"http" not in page
+
+
+@pytest.mark.slow
+def test_a_dvc_remote_gives_a_fresh_clone_every_output_and_nothing_to_run(built, tmp_path):
+    """After a run, `dvc push` to a shared-folder remote; a fresh `git clone` + `dvc pull` has every output, byte for
+    byte, and neither front door has anything to do (README: Sharing results through a DVC remote)."""
+    done = tmp_path / "done"
+    shutil.copytree(built, done, symlinks=True)
+    run(["dvc", "remote", "add", "-d", "shared", str(tmp_path / "remote")], done)
+    run(["dvc", "push"], done)
+    commit(done, "remote")
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(done), str(clone)], tmp_path)
+    run(["dvc", "pull"], clone)
+    outputs = [out for stage in read_stages(done) for out in stage.outs]
+    for out in outputs:
+        files = sorted(p for p in (done / out).rglob("*") if p.is_file()) if (done / out).is_dir() else [done / out]
+        for file in (f for f in files if f.name != TIMESTAMP):  # Snakemake's own stamp, ignored by DVC and git
+            assert (clone / file.relative_to(done)).read_bytes() == file.read_bytes(), file
+    assert stale_stages(clone) == set()
+    assert snakemake_plan(clone) == set()
 
 
 @pytest.mark.slow

@@ -33,6 +33,7 @@ import gc
 import importlib
 import json
 import os
+import resource
 import selectors
 import shutil
 import signal
@@ -225,7 +226,8 @@ class Server:
         with contextlib.suppress(OSError):  # start()'s folder: gone too when the parent died without stop()
             self.path.parent.rmdir()
         reasons = "".join(f"; {count} cold: {reason}" for reason, count in self.refused.items())
-        print(f"flexheads warm server: {self.forked} command(s) forked{reasons}", file=sys.stderr)
+        print(f"flexheads warm server: {self.forked} command(s) forked, {_cpu_seconds(resource.RUSAGE_CHILDREN):.0f} "
+              f"CPU-s in them, {_cpu_seconds(resource.RUSAGE_SELF):.0f} in the server{reasons}", file=sys.stderr)
 
 
 def serve(path: Path, parent: int) -> Job:
@@ -315,6 +317,11 @@ def _stamp(path: str) -> tuple[int, int]:
     except OSError:
         return (-1, -1)
     return (stat.st_mtime_ns, stat.st_size)
+
+
+def _cpu_seconds(who: int) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _exit_code(status: int) -> int:
