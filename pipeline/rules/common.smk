@@ -86,8 +86,9 @@ def rule_outputs(stage) -> list:
 
 
 onstart:
-    # Create the MLflow store and experiments once, before parallel trainings open it; then a warm process that
-    # has imported torch, MLflow and DVC forks the jobs' `flexheads` commands (src/flexheads/warm.py).
+    # Stamp the sources the finished stages will be recorded against (dag.start_recording); create the MLflow store
+    # and experiments once, before parallel trainings open it; then a warm process that has imported torch and
+    # MLflow forks the jobs' `flexheads` commands (src/flexheads/warm.py).
     start_recording(Path("."), STAGES)
     shell("flexheads tracking-init")
     WARM.append(warm.start())
