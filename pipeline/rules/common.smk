@@ -1,5 +1,4 @@
 # The stages of dvc.yaml as DVC resolves them, DVC's verdict on which are stale, and what each rule claims.
-import shlex
 import sys
 from pathlib import Path
 

@@ -8,16 +8,16 @@ Staleness is decided once, by DVC, for both doors.  ``dvc.lock`` records what pr
 hashes, params values, command), whichever door ran the stage.  Snakemake's jobs end by marking their stage
 finished; ``record_finished`` commits the marked stages to ``dvc.lock`` in one ``dvc commit`` when Snakemake ends,
 done or failed, and, after a crash, when it next parses the workflow (a ``dvc commit`` per job re-read and rewrote
-the whole lock file: ~4 CPU-s each on the default DAG).  It records them only while params.yaml, dvc.yaml and the
+the whole lock file: 2.8–4.0 CPU-s each on the default DAG).  It records them only while params.yaml, dvc.yaml and the
 source dependencies are as they were when their run started (``source_stamp``); otherwise it drops the marks, DVC
 finds those stages stale, and both doors rerun them: nothing is recorded as made from inputs it did not see.
 
 When Snakemake parses the workflow, ``settle`` asks DVC which stages are out of date and gives each rule a marker
 input that is new exactly when DVC says so (code and params reach a rule only through it: its source dependencies
-are ``ancient``).  For the stages DVC finds up to date it also brings output
-timestamps in order where ``dvc repro`` left an output older than its inputs (an upstream stage rewrote identical
-bytes, and DVC, comparing hashes, rightly skipped the stage).  So ``snakemake -n`` plans the stages ``dvc status``
-lists plus everything downstream of them: what ``dvc repro`` may rerun.
+are ``ancient``).  For the stages DVC finds up to date it also brings output timestamps in order where ``dvc repro``
+left an output older than its inputs (an upstream stage rewrote identical bytes, and DVC, comparing hashes, rightly
+skipped the stage).  So ``snakemake -n`` plans the stages ``dvc status`` lists plus everything downstream of them:
+what ``dvc repro`` may rerun.
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ Per task and size ("default": params.yaml's model; "thesis": params/thesis.yaml'
 where the plan says so the standard model's loss under ``torch.compile``: each trains on one fixed batch already
 on the device, so the ratios compare like with like.  One more candidate, ``FED`` (not in the throughput table),
 trains the standard model on each step's batch from the real input pipeline (phases ``data`` and ``step``,
-:mod:`flexheads.bench.data`): its data phase also evicts the step's working set from the caches, which slowed the
-standard model's steps by 10 % at the default cxr size when it was the standard candidate itself.  Every candidate
+:mod:`flexheads.bench.data`): its data phase evicts the step's working set from the caches, so timing the
+standard model only this way biased every ratio against it.  Every candidate
 trains with the bench's regime (:func:`bench_regime`) and optimiser at the same batch size.
 
     samples/s = batch size / median seconds of the "step" phase (forward + backward + optimiser step)
