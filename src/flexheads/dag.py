@@ -139,8 +139,7 @@ def settle(root: Path, stages: list[Stage]) -> dict[str, Path]:
 def start_recording(root: Path, stages: list[Stage]) -> None:
     """At the start of a Snakemake run: an empty folder for the jobs' finished marks, and the sources' stamp."""
     (root / FINISHED_DIR).mkdir(parents=True, exist_ok=True)
-    for mark in (root / FINISHED_DIR).iterdir():
-        mark.unlink()
+    _clear_marks(root)
     (root / SOURCES_AT_START).write_text(source_stamp(root, stages))
 
 
@@ -154,8 +153,7 @@ def record_finished(root: Path, stages: list[Stage]) -> str | None:
     unchanged = started.exists() and started.read_text() == source_stamp(root, stages)
     if unchanged:
         record_stages(root, finished)
-    for mark in (root / FINISHED_DIR).iterdir():
-        mark.unlink()
+    _clear_marks(root)
     return None if unchanged else (
         f"params.yaml, dvc.yaml or the code changed since Snakemake started: the {len(finished)} stage(s) it "
         "finished are not recorded in dvc.lock, so both front doors will run them again.")
@@ -228,6 +226,12 @@ def mark_stale(root: Path, stages: list[Stage], stale: set[str]) -> dict[str, Pa
             marker.touch()
             os.utime(marker, (0, 0))
     return {stage.name: stage.marker for stage in stages}
+
+
+def _clear_marks(root: Path) -> None:
+    """Remove the finished marks and the sources' stamp (``start_recording``)."""
+    for mark in (root / FINISHED_DIR).iterdir():
+        mark.unlink()
 
 
 def _snakemake_mtime(path: Path) -> float:
