@@ -23,6 +23,7 @@ from flexheads.config import load_params
 from flexheads.dag import TIMESTAMP, read_stages, stage_inputs, stale_stages
 from flexheads.report.figures import figure_plan
 from conftest import tiny_heads
+from ssh_server import loopback_sshd
 
 REPO = Path(__file__).resolve().parents[1]
 NAMESPACE_PACKAGES = {"flexheads.models"}  # folders without __init__.py: no code runs when they load
@@ -277,18 +278,27 @@ def test_dvc_metrics_and_offline_plots(built, tmp_path):
     assert "pose3d_curves.png" in page and "<img" in page and "<script src=\"http" not in page
 
 
-@pytest.mark.slow
-def test_a_dvc_remote_gives_a_fresh_clone_every_output_and_nothing_to_run(built, tmp_path):
-    """After a run, `dvc push` to a shared-folder remote; a fresh `git clone` + `dvc pull` has every output, byte for
-    byte, and neither front door has anything to do (README: Sharing results through a DVC remote)."""
+def assert_a_remote_round_trip(built: Path, tmp_path: Path, url: str, local: dict[str, str] | None = None,
+                               env: dict[str, str] | None = None) -> None:
+    """From a copy of ``built``, `dvc remote add -d shared <url>` (its ``local`` settings by `dvc remote modify
+    --local`) and `dvc push`; a fresh `git clone` (settings made again: .dvc/config.local is not in git) and `dvc pull`
+    has every output, byte for byte, and neither front door has anything to do (README: Sharing results through a
+    DVC remote). ``env``: of the push and pull."""
+    local = local or {}
     done = tmp_path / "done"
     shutil.copytree(built, done, symlinks=True)
-    run(["dvc", "remote", "add", "-d", "shared", str(tmp_path / "remote")], done)
-    run(["dvc", "push"], done)
+    run(["dvc", "remote", "add", "-d", "shared", url], done)
+    for key, value in local.items():
+        run(["dvc", "remote", "modify", "--local", "shared", key, value], done)
+    run(["dvc", "push"], done, env)
     commit(done, "remote")
     clone = tmp_path / "clone"
     run(["git", "clone", "-q", str(done), str(clone)], tmp_path)
-    run(["dvc", "pull"], clone)
+    assert not (clone / ".dvc/config.local").exists()
+    assert not any(value in (clone / ".dvc/config").read_text() for value in local.values())
+    for key, value in local.items():
+        run(["dvc", "remote", "modify", "--local", "shared", key, value], clone)
+    run(["dvc", "pull"], clone, env)
     outputs = [out for stage in read_stages(done) for out in stage.outs]
     for out in outputs:
         files = sorted(p for p in (done / out).rglob("*") if p.is_file()) if (done / out).is_dir() else [done / out]
@@ -296,6 +306,21 @@ def test_a_dvc_remote_gives_a_fresh_clone_every_output_and_nothing_to_run(built,
             assert (clone / file.relative_to(done)).read_bytes() == file.read_bytes(), file
     assert stale_stages(clone) == set()
     assert snakemake_plan(clone) == set()
+
+
+@pytest.mark.slow
+def test_a_dvc_remote_gives_a_fresh_clone_every_output_and_nothing_to_run(built, tmp_path):
+    """A shared-folder remote: what a cluster mounts on every node."""
+    assert_a_remote_round_trip(built, tmp_path, str(tmp_path / "remote"))
+
+
+@pytest.mark.slow
+def test_a_dvc_remote_over_ssh_gives_a_fresh_clone_every_output_and_nothing_to_run(built, tmp_path):
+    """The same over SSH to a loopback sshd, logging in with the key named in .dvc/config.local and nothing else
+    (an empty HOME, no agent)."""
+    with loopback_sshd(tmp_path / "sshd") as sshd:
+        assert_a_remote_round_trip(built, tmp_path, sshd.url(tmp_path / "remote"), {"keyfile": str(sshd.client_key)},
+                                   sshd.client_env())
 
 
 @pytest.mark.slow
