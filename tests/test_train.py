@@ -208,7 +208,7 @@ def test_checkpoint_of_another_config_is_deleted(tmp_path: Path, capsys: pytest.
     fresh_model, fresh = train(other, tmp_path / "fresh")
     assert result.history == fresh.history
     assert_same_weights(model, fresh_model)
-    assert load_checkpoint(tmp_path)["fingerprint"] == {"run_config": other.hash()}
+    assert load_checkpoint(tmp_path)["fingerprint"] == {"run_config": other.resume_hash()}
 
 
 @pytest.mark.parametrize(("part", "named"), [("data", "prepared data"), ("code", "training code")])
@@ -246,7 +246,7 @@ def test_checkpoint_contents(tmp_path: Path, uninterrupted: dict[str, tuple[nn.M
     train(config, tmp_path)
     payload = load_checkpoint(tmp_path)  # weights_only=True: nothing but tensors and plain containers
     assert payload["step"] == 30
-    assert payload["fingerprint"] == {"run_config": config.hash()}
+    assert payload["fingerprint"] == {"run_config": config.resume_hash()}
     assert payload["history"] == ref.history
     model = tiny_model()
     model.load_state_dict(payload["model"])

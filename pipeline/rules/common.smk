@@ -47,14 +47,21 @@ def gpus_granted() -> int:
     return int(workflow.global_resources.get("gpu").value or 0)
 
 
+def processes(stage) -> int:
+    """Processes of a job: `train.<task>.processes` for a training (its outputs lie under models/<run>/), else 1."""
+    if stage.kind != "train":
+        return 1
+    return PARAMS.run_config(PARAMS.run(Path(stage.outs[0]).parts[1])).train.processes
+
+
 def gpu_claim(stage) -> int:
-    """Each train/evaluate job claims one GPU when the run has any, so jobs take turns on them."""
-    return int(stage.kind in RUNS_ON_GPU and gpus_granted() > 0)
+    """When the run has GPUs, a training claims one per process and an evaluation one, so jobs take turns."""
+    return processes(stage) if stage.kind in RUNS_ON_GPU and gpus_granted() > 0 else 0
 
 
 def job_threads(stage) -> int:
-    """train/evaluate use `threads` CPU threads (params.yaml; their results depend on it bit for bit)."""
-    return PARAMS.threads if stage.kind in RUNS_ON_GPU else 1
+    """train/evaluate use `threads` CPU threads per process (params.yaml; their results depend on it bit for bit)."""
+    return PARAMS.threads * processes(stage) if stage.kind in RUNS_ON_GPU else 1
 
 
 

@@ -101,10 +101,16 @@ def train(
     device: str = DeviceOption,
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ) -> None:
-    """Train one run (resuming from its checkpoint if interrupted); logs to MLflow."""
+    """Train one run (resuming from its checkpoint if interrupted); logs to MLflow.  With
+    ``train.<task>.processes: N > 1`` it runs as N data-parallel processes under torchrun."""
+    from flexheads.distributed import relaunch
     from flexheads.stages import train_run
 
-    summary = train_run(load_params(params), run, data, out, device=device, progress=progress)
+    loaded = load_params(params)
+    relaunch(loaded.run_config(loaded.run(run)).train.processes)  # returns at once in torchrun's processes
+    summary = train_run(loaded, run, data, out, device=device, progress=progress)
+    if summary is None:  # a rank other than 0: rank 0 reports
+        return
     typer.echo(f"{run}: final loss {summary['final_loss']:.4f} after {summary['steps']} steps "
                f"in {summary['wall_time_s']:.1f} s ({summary['n_params']} parameters)")
 

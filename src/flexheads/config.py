@@ -135,6 +135,16 @@ class TrainSettings(Section):
     compile: bool = False  # torch.compile the training step's loss and, through it, the model's forward
     fused_optimizer: bool = False  # Adam fused=True; RAdam (no fused kernel) foreach=True
     channels_last: bool = False  # pose2d: the CNN trunk's weights and input in torch.channels_last; others: no-op
+    # Data-parallel ranks under torchrun (flexheads.distributed), one GPU each on CUDA; batch_size stays the global
+    # batch. Results match 1 process up to float rounding, not bit for bit; a checkpoint resumes with any number.
+    processes: PositiveInt = 1
+
+    @model_validator(mode="after")
+    def _batch_splits_over_processes(self) -> TrainSettings:
+        if self.batch_size % self.processes:
+            raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of processes ({self.processes}): "
+                             "each process trains on an equal share of every batch")
+        return self
 
 
 class Experiment(Section):
@@ -362,6 +372,13 @@ class RunConfig:
     def hash(self) -> str:
         """Short stable hash of the config (MLflow tag ``params_hash``)."""
         return params_hash(self.to_dict())
+
+    def resume_hash(self) -> str:
+        """The hash a checkpoint must match to be resumed: the config's but for ``train.processes``, so a run
+        goes on with another number of processes (a cluster job restarted on fewer GPUs)."""
+        config = self.to_dict()
+        config["train"] = {key: value for key, value in config["train"].items() if key != "processes"}
+        return params_hash(config)
 
 
 def rule_name(stage: str) -> str:

@@ -47,6 +47,7 @@ from torch import nn
 from flexheads.code_deps import code_hash
 from flexheads.config import Params, Run, RunConfig, flatten, rule_name
 from flexheads.data.prepared import prepared_hash
+from flexheads.distributed import World, barrier, process_group, world
 from flexheads.errors import DataError, WrongModel
 from flexheads.io import atomic_path, load_torch, read_json, save_torch, write_json
 from flexheads.nn import MultiHeadAttention, attention_flops
@@ -57,37 +58,42 @@ RUN_ID_FILE = "mlflow_run_id"
 
 
 def train_run(params: Params, run_name: str, data_h5: Path, out_dir: Path, device: str = "auto",
-              progress: bool = True) -> dict[str, Any]:
+              progress: bool = True) -> dict[str, Any] | None:
     """Train one matrix cell and write its ``models/<run>/`` outputs; returns the ``train.json`` summary.
 
-    A checkpoint in ``out_dir`` resumes only under the same fingerprint (run config, the prepared data's content
-    hash, the training code's hash); with tracking, so does the MLflow run named in ``out_dir/mlflow_run_id``.
+    A checkpoint in ``out_dir`` resumes only under the same fingerprint (run config but for ``train.processes``,
+    the prepared data's content hash, the training code's hash); with tracking, so does the MLflow run named in
+    ``out_dir/mlflow_run_id``.  Under ``torchrun`` every rank trains and only rank 0 tracks, writes the outputs
+    and returns the summary (the other ranks return None; :mod:`flexheads.distributed`).
     """
     run = params.run(run_name)
     config = params.run_config(run)
     task = get_task(run.task)
-    fingerprint = {"run_config": config.hash(), "data": prepared_hash(data_h5, run.task),
+    fingerprint = {"run_config": config.resume_hash(), "data": prepared_hash(data_h5, run.task),
                    "code": code_hash("train", run.task)}
     torch.set_num_threads(params.threads)
     seed_everything(config.seed)
     model = task.build_model(config, data_h5)
     batch_at, loss_fn = task.training_batches(data_h5, config)
-    validate = task.validation(data_h5, config) if config.train.eval_every else None
+    current = world()
+    validate = task.validation(data_h5, config) if config.train.eval_every and current.is_main else None
     out_dir.mkdir(parents=True, exist_ok=True)
-    device_used = pick_device(device)
-    resumes = checkpoint_matches(out_dir / CHECKPOINT, fingerprint)
-    tracker = _tracker(params, config, model, out_dir, resumes)
+    with process_group(current, pick_device(device)) as device_used:
+        resumes = _checkpoint_resumes(out_dir / CHECKPOINT, fingerprint, current)
+        tracker = _tracker(params, config, model, out_dir, resumes) if current.is_main else None
+        try:
+            result = fit(model, loss_fn, batch_at, config, out_dir, device=device_used,
+                         log=tracker.log_rows if tracker else None, validate=validate,
+                         validate_key=f"val_{task.MAIN_METRIC}", progress=progress and current.is_main,
+                         fingerprint=fingerprint, world=current)
+        except BaseException as err:
+            if tracker:
+                tracker.finish("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+            raise
+    if not current.is_main:
+        return None
+
     n_params = sum(p.numel() for p in model.parameters())
-
-    try:
-        result = fit(model, loss_fn, batch_at, config, out_dir, device=device_used,
-                     log=tracker.log_rows if tracker else None, validate=validate,
-                     validate_key=f"val_{task.MAIN_METRIC}", progress=progress, fingerprint=fingerprint)
-    except BaseException as err:
-        if tracker:
-            tracker.finish("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
-        raise
-
     save_model(out_dir / "model.pt", model, config)
     with atomic_path(out_dir / "history.csv") as tmp:
         pd.DataFrame(result.history).to_csv(tmp, index=False)
@@ -112,6 +118,14 @@ def train_run(params: Params, run_name: str, data_h5: Path, out_dir: Path, devic
         tracker.finish()
     (out_dir / CHECKPOINT).unlink(missing_ok=True)
     return summary
+
+
+def _checkpoint_resumes(path: Path, fingerprint: Mapping[str, str], current: World) -> bool:
+    """Whether ``path`` resumes (:func:`checkpoint_matches`); rank 0 decides first, deleting a checkpoint of
+    another fingerprint, so every rank then sees the same file."""
+    resumes = checkpoint_matches(path, fingerprint) if current.is_main else False
+    barrier(current)
+    return resumes if current.is_main else checkpoint_matches(path, fingerprint)
 
 
 def clear_abandoned_attempts(params: Params, models_dir: Path) -> list[Path]:

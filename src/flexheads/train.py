@@ -23,6 +23,10 @@ without them):
 * ``fused_optimizer``: :func:`flexheads.optim.optimizers.build_optimizer`'s ``fused``;
 * ``channels_last``: read by the pose2d task (its CNN trunk); the loop does nothing with it.
 
+Several processes (``processes``): under ``torchrun`` each rank trains on its share of every batch and
+``DistributedDataParallel`` averages the gradients (:mod:`flexheads.distributed`); rank 0 alone validates and
+checkpoints, and a checkpoint resumes with any number of processes.
+
 Timings: ``wall_time_s`` and ``cpu_time_s`` (``time.process_time``: CPU seconds of every thread of the training
 process, not of loader workers) run from the start of each process's loop to its last checkpoint, summed over
 resumes; ``steps_per_s`` is the throughput of the process that wrote the last checkpoint (:class:`TrainResult`).
@@ -44,6 +48,7 @@ from tqdm.auto import tqdm
 
 from flexheads.config import RunConfig
 from flexheads.data.loader import step_batches
+from flexheads.distributed import World, data_parallel, mean_over_ranks, shard
 from flexheads.errors import DataError, TrainingDiverged
 from flexheads.io import load_torch, save_torch
 from flexheads.optim.optimizers import build_optimizer
@@ -119,6 +124,7 @@ def fit(
     fingerprint: Mapping[str, str] | None = None,
     autocast: bool | None = None,
     sync_every: int | None = None,
+    world: World = World(),
 ) -> TrainResult:
     """Train ``model`` for ``config.train.steps`` steps, resuming from ``out_dir/checkpoint.pt`` if it was written
     under the same ``fingerprint`` (see :func:`checkpoint_matches`).
@@ -134,7 +140,7 @@ def fit(
             which leaves training bit-identical; the value goes into that step's history row as
             ``validate_key``, and rows of other steps lack the key.  It gets the eager model, never a compiled one.
         fingerprint: hashes of what determines the run, keys from ``FINGERPRINT_PARTS`` (run config, prepared
-            data, training code); default ``{"run_config": config.hash()}``.
+            data, training code); default ``{"run_config": config.resume_hash()}``.
         progress: on a terminal a tqdm bar showing loss and lr (updated at every read, see ``sync_every``);
             otherwise (stderr redirected to a log, as under Snakemake and DVC) a :func:`progress_line` on stderr
             at every ``log`` step.
@@ -143,6 +149,9 @@ def fit(
         sync_every: read the device's loss and gradient-norm tensors (one ``.tolist()``, the only host sync of
             a step) every ``sync_every`` steps and at every log, validation, checkpoint and last step; None
             (default): 1 on CPU, where reading costs nothing, ``log_every`` on other devices.
+        world: this process's rank among ``torchrun``'s (:mod:`flexheads.distributed`): each rank trains on its
+            share of every batch under ``DistributedDataParallel``; the loss read is the mean over the ranks; only
+            rank 0 validates (pass ``validate`` there), takes gradient histograms and writes the checkpoint.
     Raises:
         TrainingDiverged: a NaN/inf loss or gradient norm was read (naming the first such step), or a checkpoint
             would hold a non-finite tensor; no checkpoint is written after it, so the last (all-finite)
@@ -158,7 +167,7 @@ def fit(
     lr_of_step = lr_at(regime.schedule, lr=lr, warmup=regime.warmup, beta2=regime.betas[1],
                        d_model=config.model.d_model)
     checkpoint = out_dir / CHECKPOINT
-    state = _resume_state(checkpoint, model, optimizer, device, fingerprint or {"run_config": config.hash()})
+    state = _resume_state(checkpoint, model, optimizer, device, fingerprint or {"run_config": config.resume_hash()})
     parameters = [p for p in model.parameters() if p.requires_grad]
     clip = regime.grad_clip if regime.grad_clip > 0 else math.inf
     autocast = device.type == "cuda" if autocast is None else autocast
@@ -166,11 +175,11 @@ def fit(
     if settings.compile:
         torch.use_deterministic_algorithms(True, warn_only=True)  # the compiler's switch too (seed_everything)
     step_loss = torch.compile(loss_fn) if settings.compile else loss_fn  # the model stays the eager module
+    step_loss = data_parallel(model, step_loss, world, device)
     # Rows after the last log boundary before the checkpoint may never have reached ``log`` (the run stopped
     # before the next boundary): send them again, so every step is logged at least once across resumes.
     last_logged = state["step"] - state["step"] % settings.log_every
     unlogged: list[dict[str, float]] = [row for row in state["history"] if row["step"] > last_logged]
-    validates = validate is not None and settings.eval_every > 0
 
     model.train()
     bar = tqdm(range(state["step"] + 1, settings.steps + 1), desc=config.run.name, disable=None if progress else True,
@@ -187,21 +196,22 @@ def fit(
             lr = lr_of_step(step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            batch = to_device(next(batches), device)
+            batch = to_device(shard(next(batches), world), device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                 loss = step_loss(model, batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if step in settings.grad_snapshot_steps:
+            if step in settings.grad_snapshot_steps and world.is_main:
                 state["grad_histograms"][step] = grad_histogram(model)
             grad_norm = torch.nn.utils.clip_grad_norm_(parameters, clip)
             pending.append((step, lr, loss.detach(), grad_norm.detach()))
 
-            validating = validates and (step % settings.eval_every == 0 or step == settings.steps)
+            # every rank reads at the same steps (a read averages the loss over the ranks), validating or not
+            validation_step = settings.eval_every > 0 and (step % settings.eval_every == 0 or step == settings.steps)
             logging = step % settings.log_every == 0 or step == settings.steps
             checkpointing = step % settings.checkpoint_every == 0 or step == settings.steps
-            if step % sync_every == 0 or validating or logging or checkpointing:
-                rows = _read(pending)  # before this step's optimiser step: a bad read step is never taken
+            if step % sync_every == 0 or validation_step or logging or checkpointing:
+                rows = _read(pending, world)  # before this step's optimiser step: a bad read step is never taken
                 pending = []
                 bad = next((i for i, row in enumerate(rows)
                             if _non_finite(loss=row["loss"], gradient_norm=row["grad_norm"])), None)
@@ -216,7 +226,7 @@ def fit(
                 bar.set_postfix(loss=f"{rows[-1]['loss']:.4f}", lr=f"{lr:.2e}")
             optimizer.step()
 
-            if validating:
+            if validation_step and validate is not None:
                 state["history"][-1][validate_key] = validated(model, validate, device)
             if logging:
                 if log is not None:
@@ -231,7 +241,8 @@ def fit(
                 now = time.perf_counter()
                 state.update(step=step, wall_time_s=now - started, cpu_time_s=time.process_time() - cpu_started,
                              steps_per_s=(step - first_step) / (now - process_start))
-                _save_checkpoint(checkpoint, model, optimizer, state)
+                if world.is_main:
+                    _save_checkpoint(checkpoint, model, optimizer, state)
     finally:
         batches.close()  # stops loader workers, if any
         bar.close()
@@ -248,14 +259,18 @@ def fit(
     )
 
 
-def _read(pending: list[tuple[int, float, torch.Tensor, torch.Tensor]]) -> list[dict[str, float]]:
-    """History rows of the pending steps, their loss and gradient-norm tensors read in one transfer.
+def _read(pending: list[tuple[int, float, torch.Tensor, torch.Tensor]], world: World) -> list[dict[str, float]]:
+    """History rows of the pending steps, their loss and gradient-norm tensors read in one transfer; with several
+    ranks the losses are averaged over them (the gradient norm, taken after DDP's averaging, is the same on all).
 
     Stacking promotes to the widest dtype (exactly), so each value is the Python float ``.item()`` would give.
     """
     if not pending:
         return []
-    values = torch.stack([t for _, _, loss, norm in pending for t in (loss.reshape(()), norm)]).tolist()
+    pairs = torch.stack([torch.stack([loss.reshape(()), norm]) for _, _, loss, norm in pending])  # (steps, 2)
+    if world.size > 1:
+        pairs = torch.stack([mean_over_ranks(pairs[:, 0], world), pairs[:, 1]], dim=1)
+    values = pairs.flatten().tolist()
     return [{"step": step, "loss": values[2 * i], "lr": lr, "grad_norm": values[2 * i + 1]}
             for i, (step, lr, _, _) in enumerate(pending)]
 

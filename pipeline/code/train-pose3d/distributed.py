@@ -1,0 +1,1 @@
+../../../src/flexheads/distributed.py
