@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 
 import pytest
@@ -132,3 +133,79 @@ def test_leftovers_of_a_dead_attempt_beside_a_complete_result_are_cleared(tmp_pa
     statuses = {r.info.run_name: r.info.status for r in client.search_runs(
         [client.get_experiment_by_name("pose3d").experiment_id])}
     assert statuses == {restored.name: "KILLED", in_progress.name: "RUNNING"}
+
+
+def test_a_server_that_cannot_be_reached_fails_within_seconds_with_one_line(monkeypatch):
+    import os
+    import socket
+    import time
+
+    from flexheads.tracking import SERVER_RETRIES, TrackingUnreachable
+
+    for key in SERVER_RETRIES:  # a server's client sets them for its process: restored after the test
+        monkeypatch.setenv(key, "")
+        monkeypatch.delenv(key)
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        uri = f"http://127.0.0.1:{s.getsockname()[1]}"
+    started = time.perf_counter()
+    with pytest.raises(TrackingUnreachable) as caught:
+        ensure_experiments(uri, ["pose3d"])
+    assert time.perf_counter() - started < 15  # a loaded machine; MLflow's own retries: over four minutes
+    message = str(caught.value)
+    assert message.startswith(f"MLflow tracking server {uri} did not answer ([Errno 111] Connection refused)")
+    assert "\n" not in message
+    assert {key: os.environ.get(key) for key in SERVER_RETRIES} == SERVER_RETRIES  # not the probe's (no retries)
+
+
+def _evaluated_run(params, run, uri, root, *, params_hash=None) -> None:
+    """A finished MLflow run of ``run`` and the files its train and evaluate stages would write under ``root``."""
+    import json
+
+    tracker = Tracker.open(uri, run.task, run.name, tags={"params_hash": params_hash or params.run_config(run).hash()},
+                           params={})
+    tracker.finish()
+    (root / "models" / run.name).mkdir(parents=True)
+    (root / "metrics" / run.name).mkdir(parents=True)
+    (root / "models" / run.name / "train.json").write_text(json.dumps({"mlflow_run_id": tracker.run_id, "steps": 20}))
+    (root / "metrics" / f"{run.name}.json").write_text(json.dumps({"run": run.name, "mpjpe": 41.5}))
+    (root / "metrics" / run.name / "per_joint.csv").write_text("joint,mpjpe\nhip,12.0\n")
+
+
+def test_the_report_from_tracking_takes_current_evaluated_runs_and_names_every_other(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    import yaml
+
+    from flexheads.config import Params
+    from flexheads.report.from_tracking import MissingRuns, current_runs, download_inputs
+    from flexheads.report.publish import log_evaluations
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    raw["experiment"].update(tasks=["pose3d"], attention=["standard"], regimes=["noam", "radam", "preln"])
+    raw["tracking"]["uri"] = uri
+    params = Params.model_validate(raw)
+    noam, radam, preln, baseline = params.all_runs()
+    here, elsewhere = tmp_path / "here", tmp_path / "elsewhere"
+    _evaluated_run(params, noam, uri, here)
+    _evaluated_run(params, radam, uri, elsewhere)  # evaluated on another machine that has not logged it
+    _evaluated_run(params, baseline, uri, here, params_hash="other")
+
+    assert log_evaluations(params, here / "metrics", here / "models", present_only=True) == [noam.name, baseline.name]
+    with pytest.raises(MissingRuns) as caught:
+        current_runs(params, uri)
+    assert set(caught.value.problems) == {radam.name, preln.name, baseline.name}
+    assert "has no evaluation logged" in caught.value.problems[radam.name]
+    assert "no current run" in caught.value.problems[preln.name]
+    assert "trained with other settings" in caught.value.problems[baseline.name]
+
+    client = MlflowClient(uri)
+    picked = {noam.name: client.get_run(json.loads((here / "models" / noam.name / "train.json").read_text())[
+        "mlflow_run_id"])}
+    metrics_dir, models_dir = download_inputs(uri, picked, tmp_path / "downloaded")
+    for local, downloaded in [(here / "metrics", metrics_dir), (here / "models", models_dir)]:
+        expected = sorted(p.relative_to(local) for p in local.rglob("*") if p.is_file() and noam.name in str(p))
+        assert sorted(p.relative_to(downloaded) for p in downloaded.rglob("*") if p.is_file()) == expected
+        assert all((downloaded / p).read_bytes() == (local / p).read_bytes() for p in expected)

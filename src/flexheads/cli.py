@@ -139,18 +139,51 @@ def report(
     params: Path = ParamsOption,
     metrics_dir: Path = typer.Option(Path("metrics"), help="Folder of evaluate outputs."),
     models_dir: Path = typer.Option(Path("models"), help="Folder of train outputs."),
-    out: Path = typer.Option(Path("reports"), help="Report folder (tables/ and figures/ inside)."),
+    out: Path | None = typer.Option(None, help="Report folder (tables/ and figures/ inside); default reports, with "
+                                                "--from-tracking reports-from-tracking (never the DAG's reports/ "
+                                                "unless named)."),
+    from_tracking: bool = typer.Option(False, "--from-tracking", help="Build the tables and summary from the "
+                                       "tracking server's current MLflow runs of this params.yaml's matrix alone "
+                                       "(no metrics/ or models/ needed) into <out>/tables."),
+    log_evaluations_only: bool = typer.Option(False, "--log-evaluations", help="Only add the test metrics and "
+                                              "evaluation files of the runs evaluated here to their MLflow runs "
+                                              "(a machine that ran part of the matrix); build nothing."),
 ) -> None:
     """Build the comparison tables, figures and index.html from the outputs of every run in the matrix, then log
-    them as a run of the MLflow experiment `report` (unless tracking is disabled)."""
+    them as a run of the MLflow experiment `report` (unless tracking is disabled).  --from-tracking builds the
+    tables alone from the tracking server; --log-evaluations only sends this machine's evaluations to it."""
+    from flexheads.report.publish import log_evaluations
+
+    p = load_params(params)
+    if from_tracking or log_evaluations_only:
+        if from_tracking and log_evaluations_only:
+            raise UserError("--from-tracking reads the tracking server and --log-evaluations writes it: pass one")
+        if not p.tracking.enabled:
+            raise UserError(f"{params}: tracking.enabled is false; --from-tracking and --log-evaluations need it")
+    if log_evaluations_only:
+        logged = log_evaluations(p, metrics_dir, models_dir, present_only=True)
+        typer.echo(f"MLflow: test metrics and evaluation files added to the training runs of {len(logged)} run(s)"
+                   + (f": {', '.join(logged)}" if logged else " (all evaluations here were logged already)"))
+        return
+    if from_tracking:
+        from flexheads.report.from_tracking import commits_used, write_tables_from_tracking
+        from flexheads.tracking import tracking_uri
+
+        uri = tracking_uri(p.tracking.uri)
+        written, runs = write_tables_from_tracking(p, uri, out or Path("reports-from-tracking"))
+        for path in written:
+            typer.echo(str(path))
+        commits = ", ".join(f"{commit} ({n})" for commit, n in commits_used(runs).most_common())
+        typer.echo(f"from {len(runs)} current MLflow runs of {uri}, trained at git commit {commits}")
+        return
     from flexheads.report import building
     from flexheads.report.figures import write_dvc_plots, write_figures
     from flexheads.report.html import write_index
-    from flexheads.report.publish import log_evaluations, publish_report
+    from flexheads.report.publish import publish_report
     from flexheads.report.tables import write_tables
     from flexheads.stages import clear_abandoned_attempts
 
-    p = load_params(params)
+    out = out or Path("reports")
     for folder in clear_abandoned_attempts(p, models_dir):
         typer.echo(f"{folder}: removed the checkpoint and MLflow run id of a training attempt that died", err=True)
     with building(out) as build:  # swapped into out only once complete: a failed report keeps the old one
@@ -235,15 +268,17 @@ def ui(
     port: int = typer.Option(5000, help="Port of the MLflow UI."),
 ) -> None:
     """Open the MLflow UI on the project's tracking store (http://127.0.0.1:5000 by default), after printing the
-    link to each experiment's runs table."""
-    from flexheads.tracking import ensure_experiments, runs_url, tracking_uri
+    link to each experiment's runs table; a tracking server is its own UI: only the links are printed."""
+    from flexheads.tracking import ensure_experiments, is_server, runs_url, tracking_uri
 
     p = load_params(params)
     uri = tracking_uri(p.tracking.uri)
-    address = f"http://{host}:{port}"
+    address = uri if is_server(uri) else f"http://{host}:{port}"
     typer.echo(f"MLflow UI for {uri} at {address}; the runs of each experiment:")
     for name, experiment_id in ensure_experiments(uri, [*p.experiment.tasks, "report"]).items():
         typer.echo(f"  {name}: {runs_url(address, experiment_id)}")
+    if is_server(uri):
+        return
     sys.exit(subprocess.call(["mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]))
 
 

@@ -52,6 +52,7 @@ from flexheads.errors import DataError, WrongModel
 from flexheads.io import atomic_path, load_torch, read_json, save_torch, write_json
 from flexheads.nn import MultiHeadAttention, attention_flops
 from flexheads.tasks import get_task
+from flexheads.tracking import TrackingUnreachable
 from flexheads.train import CHECKPOINT, GRAD_BINS, checkpoint_matches, fit, pick_device, seed_everything
 
 RUN_ID_FILE = "mlflow_run_id"
@@ -87,7 +88,7 @@ def train_run(params: Params, run_name: str, data_h5: Path, out_dir: Path, devic
                          validate_key=f"val_{task.MAIN_METRIC}", progress=progress and current.is_main,
                          fingerprint=fingerprint, world=current)
         except BaseException as err:
-            if tracker:
+            if tracker and not isinstance(err, TrackingUnreachable):  # a server that is gone cannot end the run
                 tracker.finish("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
             raise
     if not current.is_main:

@@ -7,6 +7,14 @@ creating a new SQLite store concurrently crashes in MLflow's schema migration, s
 are created under a file lock before anything else touches them, and runs are created with an explicit
 ``experiment_id`` (no ``set_experiment`` race).  Metrics go in batches, one call per logging interval.
 
+A tracking server (``http://``/``https://``) is asked once per process, with one short request, whether it answers
+(:func:`check_server`): a training or ``flexheads tracking-init`` that cannot reach it stops within seconds with
+one line naming the URI and what to check, instead of MLflow's default of retrying for minutes.  Later calls retry
+a few times (``SERVER_RETRIES``, ~30 s; each ``MLFLOW_HTTP_REQUEST_*`` variable set in the environment wins), so a
+server that restarts briefly costs nothing and one that is gone fails the stage with the same kind of line
+(:class:`TrackingUnreachable`).  Nothing is buffered for later: a run that cannot be recorded fails, and its
+checkpoint resumes it (and its MLflow run) once the server is back.
+
 Runs carry MLflow's standard source tags (``source_tags``) and experiments a one-line description
 (``EXPERIMENT_NOTES``), so the UI shows what each is.  ``mlflow`` is imported only here, and only when tracking
 is enabled, so a bare GPU training step runs without it (``tracking.enabled: false``).
@@ -14,8 +22,10 @@ is enabled, so a bare GPU training step runs without it (``tracking.enabled: fal
 
 from __future__ import annotations
 
+import functools
 import getpass
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -23,6 +33,7 @@ from typing import Any, Iterable, Mapping
 
 from filelock import FileLock
 
+from flexheads.errors import UserError
 from flexheads.io import write_text
 
 STORE_DIR = Path("mlruns")
@@ -35,6 +46,13 @@ EXPERIMENT_NOTES = {  # MLflow's experiment description (tag mlflow.note.content
     "pose2d": "2D human pose estimation (COCO person keypoints): one run per attention × regime × seed",
     "cxr": "Chest X-ray findings (ChestX-ray14 + COVID-19): one run per attention × regime × seed",
     "report": "The comparison report (tables, figures, index.html): one run per `flexheads report`",
+}
+SERVER_SCHEMES = ("http://", "https://")
+PROBE_TIMEOUT_S = 10  # the first request to a server: how long a server that drops packets keeps a stage waiting
+SERVER_RETRIES = {  # every later request: retries 0 + 2 + 4 + 8 + 16 s apart (urllib3), then the stage fails
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "5",  # MLflow's default, 7 with factor 2, retries for over four minutes
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "60",  # per request; an upload of model.pt under load needs more than a few s
 }
 # MLflow 3's UI asks for (or guesses) the kind of an experiment without one; this kind opens it on its runs table.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
@@ -81,6 +99,85 @@ def runs_url(ui: str, experiment_id: str) -> str:
     return f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs"
 
 
+class TrackingUnreachable(UserError):
+    """The tracking server did not answer; the message names its URI and what to check."""
+
+
+def is_server(uri: str) -> bool:
+    """Whether ``uri`` names a tracking server (HTTP) rather than a local store."""
+    return uri.startswith(SERVER_SCHEMES)
+
+
+@functools.cache  # once per process and server: a server that answered once is not asked again
+def check_server(uri: str) -> None:
+    """Raise :class:`TrackingUnreachable` unless the server at ``uri`` answers one request within
+    ``PROBE_TIMEOUT_S`` seconds, without retries, with the credentials of ``MLFLOW_TRACKING_USERNAME`` /
+    ``MLFLOW_TRACKING_PASSWORD`` (or ``MLFLOW_TRACKING_TOKEN``) if set."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    quick = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(PROBE_TIMEOUT_S)}
+    saved = {key: os.environ.get(key) for key in quick}
+    os.environ.update(quick)  # MLflow reads them at each request; the client takes no per-call setting
+    try:
+        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+    except MlflowException as err:
+        raise TrackingUnreachable(_unreachable(uri, err)) from None
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _unreachable(uri: str, err: Exception) -> str:
+    """One line: the server, why it did not answer, what to check."""
+    text = str(err.__cause__ or err.__context__ or err)
+    errno = re.search(r"\[Errno -?\d+\] [^'\")]+", text)
+    if errno:
+        why = errno.group(0)
+    elif re.search(r"time(d )?out", text, re.IGNORECASE):
+        why = "timed out"
+    elif re.search(r"\b40[13]\b", text):
+        why = "refused the credentials: set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD"
+    else:
+        why = " ".join(text.split())[:200]
+    return (f"MLflow tracking server {uri} did not answer ({why}); check that it runs "
+            "(pipeline/cluster/mlflow-server.sh status <folder>), params.yaml's tracking.uri or MLFLOW_TRACKING_URI, "
+            "and the network or SSH tunnel to it")
+
+
+class _ServerClient:
+    """An ``MlflowClient`` of a tracking server whose calls that cannot reach it (connection refused or reset,
+    timeouts, a proxy's 5xx after the retries) raise :class:`TrackingUnreachable` instead of a traceback."""
+
+    def __init__(self, uri: str) -> None:
+        from mlflow.tracking import MlflowClient
+
+        self._uri = uri
+        self._client = MlflowClient(tracking_uri=uri)
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._client, name)
+        if not callable(attribute):
+            return attribute
+
+        @functools.wraps(attribute)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            import requests
+            from mlflow.exceptions import MlflowException
+
+            try:
+                return attribute(*args, **kwargs)
+            except MlflowException as err:
+                if isinstance(err.__cause__ or err.__context__, requests.exceptions.RequestException):
+                    raise TrackingUnreachable(_unreachable(self._uri, err)) from None
+                raise
+
+        return call
+
+
 class Tracker:
     """A thin wrapper over ``MlflowClient`` for one run; create with ``Tracker.open`` or ``Tracker.resume``.
 
@@ -109,13 +206,13 @@ class Tracker:
         if marker is not None and marker.exists():
             run_id = marker.read_text().strip()
             if resume:
-                tracker = cls(_client(uri), run_id, marker)
+                tracker = cls(mlflow_client(uri), run_id, marker)
                 tracker.client.update_run(run_id, status="RUNNING")
                 return tracker
             end_if_running(uri, run_id, "KILLED")
             marker.unlink()
         experiment_id = ensure_experiments(uri, [experiment])[experiment]  # first: creates the store under a lock
-        client = _client(uri)
+        client = mlflow_client(uri)
         run = client.create_run(experiment_id, run_name=run_name, tags={**tags, SUPERSEDED: "false"})
         tracker = cls(client, run.info.run_id, marker)
         if marker is not None:
@@ -127,7 +224,7 @@ class Tracker:
     @classmethod
     def resume(cls, uri: str, run_id: str) -> Tracker:
         """A handle on an existing run (evaluation adds its test metrics to the training's run)."""
-        return cls(_client(uri), run_id)
+        return cls(mlflow_client(uri), run_id)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
@@ -167,7 +264,7 @@ def end_if_running(uri: str, run_id: str, status: str) -> None:
     """End run ``run_id`` with ``status`` if it is still RUNNING (its process died); a deleted run is left alone."""
     from mlflow.exceptions import MlflowException
 
-    client = _client(uri)
+    client = mlflow_client(uri)
     try:
         run = client.get_run(run_id)
     except MlflowException:  # removed from the store since
@@ -196,7 +293,7 @@ def ensure_experiments(uri: str, names: Iterable[str]) -> dict[str, str]:
 
     ids: dict[str, str] = {}
     with _store_lock(uri):
-        client = _client(uri)
+        client = mlflow_client(uri)
         for name in names:
             note = {MLFLOW_RUN_NOTE: EXPERIMENT_NOTES[name]} if name in EXPERIMENT_NOTES else {}
             tags = {**EXPERIMENT_KIND, **note}
@@ -211,10 +308,17 @@ def ensure_experiments(uri: str, names: Iterable[str]) -> dict[str, str]:
     return ids
 
 
-def _client(uri: str) -> Any:
-    from mlflow.tracking import MlflowClient
+def mlflow_client(uri: str) -> Any:
+    """An ``MlflowClient`` for ``uri``; for a server, one that answered :func:`check_server` and whose failures to
+    reach it raise :class:`TrackingUnreachable` after ``SERVER_RETRIES``."""
+    if not is_server(uri):
+        from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri=uri)
+        return MlflowClient(tracking_uri=uri)
+    for key, value in SERVER_RETRIES.items():
+        os.environ.setdefault(key, value)
+    check_server(uri)
+    return _ServerClient(uri)
 
 
 def _sqlite_file(uri: str) -> Path | None:

@@ -22,16 +22,31 @@ ARTIFACT_FOLDERS = ("tables", "figures")  # logged under the same names; index.h
 EVALUATION_TAG = "evaluation_sha256"  # on a training's run: the evaluation files already logged into it
 
 
-def log_evaluations(params: Params, metrics_dir: Path, models_dir: Path) -> list[str]:
+def evaluation_files(metrics_json: Path, train_json: Path) -> list[Path]:
+    """What the report's tables read of one run, in the order :func:`evaluation_digest` hashes them:
+    ``metrics/<run>.json``, the files of ``metrics/<run>/`` by name, ``models/<run>/train.json``."""
+    tables = sorted(p for p in metrics_json.with_suffix("").glob("*") if p.is_file())
+    return [metrics_json, *tables, train_json]
+
+
+def evaluation_digest(files: list[Path]) -> str:
+    """SHA-256 over each file's name and bytes (the tag ``evaluation_sha256``)."""
+    return hashlib.sha256(b"".join(p.name.encode() + p.read_bytes() for p in files)).hexdigest()
+
+
+def log_evaluations(params: Params, metrics_dir: Path, models_dir: Path, *, present_only: bool = False) -> list[str]:
     """Add each run's test metrics and evaluation files to the MLflow run of its training; returns the run names
     logged now.
 
     The training's run (``mlflow_run_id`` of ``models/<run>/train.json``) gains metrics ``test_<key>`` for every
     number of ``metrics/<run>.json`` at the run's last step, and artifacts ``evaluation/<run>.json`` and
-    ``evaluation/<table>`` for the files of ``metrics/<run>/``.  Done once per evaluation: the run's tag
-    ``evaluation_sha256`` holds the hash of the files logged, and a run whose tag matches is skipped.  MLflow starts
-    once, in this process, instead of in every evaluation process (its start-up costs a process ~4
-    CPU-seconds).  Nothing is logged, and mlflow is not imported, when tracking is disabled.
+    ``evaluation/<table>`` for the files of ``metrics/<run>/``, and ``model/train.json``: with them the run holds
+    everything the report's tables read of it (``flexheads report --from-tracking``).  Done once per evaluation:
+    the run's tag ``evaluation_sha256`` (:func:`evaluation_digest`) holds the hash of the files logged, set once all
+    are uploaded, and a run whose tag matches is skipped.  MLflow starts once, in this process, instead of in every
+    evaluation process (its start-up costs a process ~4 CPU-seconds).  ``present_only``: runs without both JSON
+    files here are skipped (a machine that ran part of the matrix); otherwise a missing file raises ``DataError``.
+    Nothing is logged, and mlflow is not imported, when tracking is disabled.
     """
     if not params.tracking.enabled:
         return []
@@ -39,12 +54,14 @@ def log_evaluations(params: Params, metrics_dir: Path, models_dir: Path) -> list
 
     uri, logged = tracking_uri(params.tracking.uri), []
     for run in params.all_runs():
-        trained = read_json(models_dir / run.name / "train.json")
-        metrics_json = metrics_dir / f"{run.name}.json"
+        train_json, metrics_json = models_dir / run.name / "train.json", metrics_dir / f"{run.name}.json"
+        if present_only and not (train_json.is_file() and metrics_json.is_file()):
+            continue
+        trained = read_json(train_json)
         if not trained.get("mlflow_run_id"):
             continue
-        files = [metrics_json, *sorted(p for p in metrics_json.with_suffix("").glob("*") if p.is_file())]
-        digest = hashlib.sha256(b"".join(p.name.encode() + p.read_bytes() for p in files)).hexdigest()
+        files = evaluation_files(metrics_json, train_json)
+        digest = evaluation_digest(files)
         tracker = Tracker.resume(uri, trained["mlflow_run_id"])
         if tracker.client.get_run(tracker.run_id).data.tags.get(EVALUATION_TAG) == digest:
             continue
@@ -52,7 +69,7 @@ def log_evaluations(params: Params, metrics_dir: Path, models_dir: Path) -> list
         tracker.log_metrics({f"test_{key}": value for key, value in headline.items()
                              if isinstance(value, (int, float)) and not isinstance(value, bool)}, step=trained["steps"])
         for path in files:
-            tracker.log_artifact(path, "evaluation")
+            tracker.log_artifact(path, "model" if path == train_json else "evaluation")
         tracker.client.set_tag(tracker.run_id, EVALUATION_TAG, digest)
         logged.append(run.name)
     return logged

@@ -1,0 +1,1 @@
+../../../../src/flexheads/report/from_tracking.py
