@@ -3,6 +3,7 @@ import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
+from snakemake.resources import Resource, Resources
 
 from flexheads.config import load_params
 from flexheads import warm
@@ -59,6 +60,30 @@ def gpu_claim(stage) -> int:
     return processes(stage) if stage.kind in RUNS_ON_GPU and gpus_granted() > 0 else 0
 
 
+def kind_resources(stage) -> dict:
+    """What the profile's `set-resources:` gives the stage's kind (`train:`, `evaluate:`, `prepare:`, `download:`,
+    `report:`): rules are named per stage (`train__pose3d_standard_noam_0`), a profile sizes them per kind. Each value
+    is evaluated as Snakemake evaluates `set-resources` for a rule it names (numbers, sizes, strings, expressions)."""
+    given = Resources.from_mapping(workflow.resource_settings.overwrite_resources.get(stage.kind, {}))
+    if "gpu" in given:
+        raise WorkflowError(f"set-resources: {stage.kind}: gpu is not a profile setting: the pipeline claims GPUs "
+                            "(train.<task>.processes per training, 1 per evaluation) once a run is granted some "
+                            "with `--resources gpu=N`")
+    return {name: profile_value(resource) for name, resource in given.items()}
+
+
+def profile_value(resource: Resource):
+    """A profile's resource as a rule's resource value: itself, or a function Snakemake calls for each job."""
+    if not resource.is_evaluable():
+        return resource.value
+
+    def evaluated(wildcards, input, attempt, threads, rulename, async_run):
+        return resource.evaluate(wildcards, input=input, attempt=attempt, threads=threads, rulename=rulename,
+                                 async_run=async_run).value
+
+    return evaluated
+
+
 def job_threads(stage) -> int:
     """train/evaluate use `threads` CPU threads per process (params.yaml; their results depend on it bit for bit)."""
     return PARAMS.threads * processes(stage) if stage.kind in RUNS_ON_GPU else 1
@@ -93,11 +118,14 @@ def rule_outputs(stage) -> list:
 
 onstart:
     # Stamp the sources the finished stages will be recorded against (dag.start_recording); create the MLflow store
-    # and experiments once, before parallel trainings open it; then a warm process that has imported torch and
-    # MLflow forks the jobs' `flexheads` commands (src/flexheads/warm.py).
+    # and experiments once, before parallel trainings open it; then, when the jobs run on this machine, a warm
+    # process that has imported torch and MLflow forks their `flexheads` commands (src/flexheads/warm.py). Not
+    # under a cluster executor: a job on another node cannot reach the server's socket, and one on this node would
+    # run its command in the server's process, outside the job's Slurm allocation.
     start_recording(Path("."), STAGES)
     shell("flexheads tracking-init")
-    WARM.append(warm.start())
+    if workflow.local_exec:
+        WARM.append(warm.start())
 
 
 def end_of_run() -> None:

@@ -20,6 +20,7 @@ for stage in STAGES:
         threads: job_threads(stage)
         resources:
             gpu=gpu_claim(stage),
+            **kind_resources(stage),
         conda:
             ENV
         shell:
