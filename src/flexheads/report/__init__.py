@@ -18,10 +18,11 @@ BUILDING_PREFIX = ".building-"  # hidden, so neither a person nor report_files t
 
 
 @contextmanager
-def building(out: Path) -> Iterator[Path]:
+def building(out: Path, outputs: tuple[str, ...] = OUTPUTS) -> Iterator[Path]:
     """Yield a fresh empty folder ``<out>/.building-XXXX`` to write a whole report into (every name of
-    ``OUTPUTS``); when the block ends normally, move each output into ``out`` by rename, replacing the old one,
-    ``index.html`` last, then remove the folder.
+    ``outputs``: by default ``OUTPUTS``, the tables alone for ``report --from-tracking``); when the block ends
+    normally, move each output into ``out`` by rename, replacing the old one, ``index.html`` last, then remove the
+    folder.
 
     If the block raises (or is missing an output) the folder is removed and ``out`` is left as it was.  A folder
     left by a killed report (SIGKILL skips this cleanup) is removed when the next report starts, so two reports
@@ -34,19 +35,19 @@ def building(out: Path) -> Iterator[Path]:
     build = Path(tempfile.mkdtemp(prefix=BUILDING_PREFIX, dir=out))
     try:
         yield build
-        _swap_in(build, out)
+        _swap_in(build, out, outputs)
     finally:
         shutil.rmtree(build, ignore_errors=True)
 
 
-def _swap_in(build: Path, out: Path) -> None:
-    """Move ``build/<name>`` to ``out/<name>`` for each of ``OUTPUTS``; the old outputs go to ``build/.previous``."""
-    missing = [name for name in OUTPUTS if not (build / name).exists()]
+def _swap_in(build: Path, out: Path, outputs: tuple[str, ...]) -> None:
+    """Move ``build/<name>`` to ``out/<name>`` for each of ``outputs``; the old ones go to ``build/.previous``."""
+    missing = [name for name in outputs if not (build / name).exists()]
     if missing:
         raise RuntimeError(f"the report build in {build} lacks {missing}: the previous report is kept")
     previous = build / ".previous"
     previous.mkdir()
-    for name in OUTPUTS:
+    for name in outputs:
         new, target = build / name, out / name
         if (new.is_dir() or target.is_dir()) and (target.exists() or target.is_symlink()):
             os.replace(target, previous / name)  # rename(2) cannot replace a folder: move the old one aside first

@@ -19,13 +19,12 @@ import shutil
 import tempfile
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from flexheads.config import Params
 from flexheads.errors import DataError
-from flexheads.report import BUILDING_PREFIX
+from flexheads.report import building
 from flexheads.report.publish import EVALUATION_TAG, evaluation_digest, evaluation_files
 from flexheads.report.tables import write_tables
 
@@ -133,26 +132,10 @@ def write_tables_from_tracking(params: Params, uri: str, out: Path) -> tuple[lis
     the new folder replaces the old one only once complete.  Returns the written paths and the MLflow runs used
     (run name → run)."""
     runs = current_runs(params, uri)
-    out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as inputs, _building(out) as build:
+    with tempfile.TemporaryDirectory() as inputs, building(out, outputs=("tables",)) as build:
         metrics_dir, models_dir = download_inputs(uri, runs, Path(inputs))
         written = write_tables(params, metrics_dir, models_dir, build)
     return [out / p.relative_to(build) for p in written], runs
-
-
-@contextmanager
-def _building(out: Path) -> Iterator[Path]:
-    """A fresh folder beside ``<out>/tables`` to write the tables into; on success its ``tables`` replaces
-    ``<out>/tables`` by rename (a failed build leaves the old tables)."""
-    build = Path(tempfile.mkdtemp(prefix=BUILDING_PREFIX, dir=out))
-    try:
-        yield build
-        target = out / "tables"
-        if target.exists():
-            os.replace(target, build / ".previous")  # rename(2) cannot replace a folder: move the old one aside
-        os.replace(build / "tables", target)
-    finally:
-        shutil.rmtree(build, ignore_errors=True)
 
 
 def commits_used(runs: dict[str, Any]) -> Counter[str]:
