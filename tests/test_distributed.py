@@ -16,7 +16,7 @@ import yaml
 
 from flexheads.config import load_params
 from flexheads.errors import ParamsError
-from flexheads.distributed import World, shard, world
+from flexheads.distributed import World, relaunch, shard, world
 from flexheads.tasks import BUILTIN_TASKS, get_task
 from test_train_tasks import RUNS, tiny_params
 
@@ -41,6 +41,24 @@ def test_world_comes_from_torchruns_environment(monkeypatch):
     monkeypatch.setenv("RANK", "3")
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert world() == World(3, 4, 1) and not world().is_main
+
+
+def test_relaunch_runs_the_same_command_under_torchrun_each_rank_in_its_own_process(monkeypatch):
+    started = []
+    monkeypatch.setattr(os, "execve", lambda path, argv, env: started.append((argv, env)))
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/flexheads", "train", "pose3d-standard-noam-0", "--out", "m"])
+    monkeypatch.setenv("FLEXHEADS_WARM", "/tmp/flexheads-warm-x/socket")
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    relaunch(1)
+    assert started == []
+    relaunch(3)
+    (argv, env), = started
+    assert argv == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=3",
+                    "-m", "flexheads", "train", "pose3d-standard-noam-0", "--out", "m"]
+    assert "FLEXHEADS_WARM" not in env and env["PATH"] == os.environ["PATH"]
+    monkeypatch.setenv("WORLD_SIZE", "3")  # one of torchrun's processes: it trains
+    relaunch(3)
+    assert len(started) == 1
 
 
 def test_a_batch_that_does_not_split_over_the_processes_is_refused_naming_both(tmp_path):

@@ -61,9 +61,12 @@ def relaunch(processes: int) -> None:
         return
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
                "-m", "flexheads", *sys.argv[1:]]
+    # each rank in a process of its own, not a warm server's child (flexheads.warm.ENV, not imported: the training
+    # code would then depend on every module the server preloads): torchrun watches and signals workers by pid
+    environment = {key: value for key, value in os.environ.items() if key != "FLEXHEADS_WARM"}
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(sys.executable, command)
+    os.execve(sys.executable, command, environment)
 
 
 @contextlib.contextmanager
