@@ -23,7 +23,8 @@ def test_code_links_match_the_imports():
 def test_every_link_points_at_its_module():
     for name in stage_code_dirs():
         for link in (REPO / CODE_DIR / name).rglob("*.py"):
-            assert link.is_symlink() and link.resolve() == REPO / "src/flexheads" / link.relative_to(REPO / CODE_DIR / name)
+            source = REPO / "src/flexheads" / link.relative_to(REPO / CODE_DIR / name)
+            assert link.is_symlink() and link.resolve() == source
 
 
 def test_each_stage_depends_on_the_code_of_its_command_and_task():

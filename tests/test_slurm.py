@@ -62,7 +62,8 @@ def running_cluster() -> bool:
     if not conf.is_symlink():
         return False
     state = conf.resolve().parent.parent
-    return subprocess.run(["bash", str(CLUSTER), "status", str(state)], capture_output=True, check=False).returncode == 0
+    status = subprocess.run(["bash", str(CLUSTER), "status", str(state)], capture_output=True, check=False)
+    return status.returncode == 0
 
 
 def cluster_profile(folder: Path) -> Path:
