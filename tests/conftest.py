@@ -1,6 +1,8 @@
 """Shared test settings (one torch thread per test process keeps the suite fast on 2-core CI machines) and
 small builders of params and evaluation files several test modules use."""
 
+import collections
+
 import flexheads  # noqa: F401  (sets the MKL reproducibility switches before torch starts MKL)
 import numpy as np
 import torch
@@ -8,6 +10,13 @@ import torch
 from flexheads.data.cxr import LABELS
 
 torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(items: list) -> None:
+    """Files in order of how many slow tests they hold, most first (ties and the rest as collected): run in
+    parallel by file (pyproject's addopts), the long end-to-end files start at once and the quick ones fill in."""
+    slow = collections.Counter(item.path for item in items if item.get_closest_marker("slow"))
+    items.sort(key=lambda item: -slow[item.path])
 
 
 def tiny_heads(n_heads: int, d_head: int, matched_heads: int) -> dict:

@@ -8,11 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import mlflow
 import pandas as pd
 import pytest
 import torch
 import yaml
+from mlflow.tracking import MlflowClient
 
 from flexheads.config import load_params
 from flexheads.errors import ParamsError
@@ -143,10 +143,11 @@ def test_two_processes_follow_the_one_process_loss_curve(curves):
 def test_only_rank_zero_writes_and_tracks(curves):
     assert sorted(p.name for p in curves["two"].iterdir()) == ["grad_histograms.json", "history.csv", "model.pt",
                                                               "train.json"]
-    mlflow.set_tracking_uri(curves["store"])
-    runs = mlflow.search_runs(search_all_experiments=True, filter_string=f"attributes.run_name = '{RUNS['pose3d']}'")
-    assert len(runs) == 1 and runs.loc[0, "status"] == "FINISHED"
-    steps = mlflow.MlflowClient().get_metric_history(runs.loc[0, "run_id"], "loss")
+    client = MlflowClient(curves["store"])  # not mlflow.set_tracking_uri, which exports it to every later test
+    experiments = [experiment.experiment_id for experiment in client.search_experiments()]
+    runs = client.search_runs(experiments, filter_string=f"attributes.run_name = '{RUNS['pose3d']}'")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    steps = client.get_metric_history(runs[0].info.run_id, "loss")
     assert sorted(m.step for m in steps) == list(range(1, 21))
 
 
