@@ -32,6 +32,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from flexheads.data.loader import map_tensors
+
 
 @dataclass(frozen=True)
 class World:
@@ -91,14 +93,12 @@ def shard(batch: Any, current: World) -> Any:
     when params.yaml is read."""
     if current.size == 1:
         return batch
-    if isinstance(batch, torch.Tensor):
-        rows = batch.shape[0] // current.size
-        return batch[current.rank * rows:(current.rank + 1) * rows]
-    if isinstance(batch, dict):
-        return {key: shard(value, current) for key, value in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(shard(value, current) for value in batch)
-    return batch
+
+    def block(tensor: torch.Tensor) -> torch.Tensor:
+        rows = tensor.shape[0] // current.size
+        return tensor[current.rank * rows:(current.rank + 1) * rows]
+
+    return map_tensors(batch, block)
 
 
 def mean_over_ranks(values: torch.Tensor, current: World) -> torch.Tensor:

@@ -47,7 +47,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from flexheads.config import RunConfig
-from flexheads.data.loader import step_batches
+from flexheads.data.loader import map_tensors, step_batches
 from flexheads.distributed import World, data_parallel, mean_over_ranks, shard
 from flexheads.errors import DataError, TrainingDiverged
 from flexheads.io import load_torch, save_torch
@@ -403,10 +403,4 @@ def _save_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimi
 
 def to_device(batch: Batch, device: torch.device) -> Batch:
     """``batch`` (a tensor or a tuple, list or dict of them) on ``device``, copied asynchronously from pinned memory."""
-    if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, dict):
-        return {k: to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(to_device(v, device) for v in batch)
-    return batch
+    return map_tensors(batch, lambda tensor: tensor.to(device, non_blocking=True))

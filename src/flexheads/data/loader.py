@@ -55,6 +55,17 @@ class StepBatches(Dataset):
         return self.batch_at(int(step))
 
 
+def map_tensors(batch: Batch, fn: Callable[[torch.Tensor], torch.Tensor]) -> Batch:
+    """``batch`` (a tensor, or a tuple, list or dict of them, nested) with ``fn`` applied to every tensor."""
+    if isinstance(batch, torch.Tensor):
+        return fn(batch)
+    if isinstance(batch, dict):
+        return {key: map_tensors(value, fn) for key, value in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(map_tensors(value, fn) for value in batch)
+    return batch
+
+
 def _as_is(batch: Batch) -> Batch:
     """The loader's ``collate_fn``: an item is a whole batch already (module level, so it pickles)."""
     return batch
